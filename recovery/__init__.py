@@ -1,0 +1,1 @@
+"""Factory restore and everything on the RECOVERY volume: the image store, history, layout."""

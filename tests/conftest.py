@@ -1,0 +1,76 @@
+"""Shared test set-up.
+
+Every test runs with a guard on `subprocess.Popen`: starting a program the test did not allow
+(with `@pytest.mark.allow_commands("tar", ...)`) fails the test. The guard sits under
+`kiln.process`, so code that bypasses the chokepoint is caught too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.image.signing import SigningKey, TrustStore, generate_keypair, load_signing_key
+from kiln.image.signing import load_public_key as load_public
+
+
+class UnexpectedCommand(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def subprocess_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    allowed: set[str] = set()
+    for marker in request.node.iter_markers("allow_commands"):
+        allowed.update(marker.args)
+    real_popen = subprocess.Popen
+
+    class GuardedPopen(real_popen):  # type: ignore[misc,valid-type]
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            program = os.path.basename(os.fspath(args[0] if isinstance(args, list | tuple)
+                                                 else args))
+            if program not in allowed:
+                raise UnexpectedCommand(
+                    f"test ran {program!r} without @pytest.mark.allow_commands({program!r})"
+                )
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", GuardedPopen)
+
+
+@pytest.fixture(scope="session")
+def signing_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("keys")
+    generate_keypair(directory / "test.key", directory / "test.pub")
+    generate_keypair(directory / "other.key", directory / "other.pub")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def signing_key(signing_dir: Path) -> SigningKey:
+    return load_signing_key(signing_dir / "test.key")
+
+
+@pytest.fixture(scope="session")
+def other_key(signing_dir: Path) -> SigningKey:
+    return load_signing_key(signing_dir / "other.key")
+
+
+@pytest.fixture(scope="session")
+def trust(signing_dir: Path) -> TrustStore:
+    return TrustStore.of(load_public(signing_dir / "test.pub"))
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        yield tmp_path
+    finally:
+        os.chdir(old)
