@@ -34,7 +34,7 @@ class CommandTree:
         self._commands.required = True
         self._groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
 
-    def group(self, name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:  # noqa: A002
+    def group(self, name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         """The sub-commands of `kiln NAME`, created on first use."""
         if name not in self._groups:
             parser = self._commands.add_parser(name, help=help, description=help)
@@ -43,7 +43,7 @@ class CommandTree:
             self._groups[name] = subcommands
         return self._groups[name]
 
-    def command(self, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
+    def command(self, name: str, help: str) -> argparse.ArgumentParser:
         """A top-level command without sub-commands (`kiln status`)."""
         return self._commands.add_parser(name, help=help, description=help)
 

@@ -8,16 +8,17 @@ test did not allow fails loudly whether or not it came through this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import subprocess
+import tempfile
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-import tempfile
 from typing import IO, Self, TypeAlias
 
 from kiln.errors import KilnError
@@ -98,7 +99,7 @@ def _popen(
 def run(
     argv: Sequence[Arg],
     *,
-    input: bytes | None = None,  # noqa: A002 - mirrors subprocess.run
+    input: bytes | None = None,
     success_codes: Collection[int] = (0,),
     timeout: float = DEFAULT_TIMEOUT,
     env: Mapping[str, str] | None = None,
@@ -159,10 +160,8 @@ class Spawned:
     ) -> int:
         """Close our end of the pipes, wait for the exit and check the code."""
         if self.process.stdin and not self.process.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()
-            except BrokenPipeError:
-                pass
         try:
             returncode = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired as e:
@@ -184,10 +183,8 @@ class Spawned:
         self.process.wait()
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     stream.close()
-                except BrokenPipeError:
-                    pass
 
     def _stderr(self) -> bytes:
         self._stderr_file.seek(0)
@@ -197,7 +194,10 @@ class Spawned:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if kind is not None:
             self.kill()

@@ -42,7 +42,7 @@ def prefetch(items: Iterator[Item], *, depth: int = 2) -> Iterator[Item]:
                 if stop.is_set():
                     return
             channel.put(_END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
+        except BaseException as e:
             channel.put(_Failure(e))
 
     worker = threading.Thread(target=produce, name="kiln-prefetch", daemon=True)

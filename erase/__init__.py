@@ -1,0 +1,1 @@
+"""Data erase: capability detection, erase methods, verification and the certificate."""

@@ -1,0 +1,1 @@
+"""Manufacture: the manufData model, hardware validation and the manufacturing step runner."""

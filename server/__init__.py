@@ -1,0 +1,1 @@
+"""The factory and fleet server: manufData, events, records, credentials, images, DDI."""
