@@ -41,14 +41,16 @@ class DebPackage:
         return f"{self.name}_{version}_{self.architecture}.deb"
 
 
-def _stanza(text: str) -> dict[str, str]:
-    """The first deb822 stanza of `apt-cache show` (continuation lines folded)."""
+def _stanzas(text: str) -> list[dict[str, str]]:
+    """The deb822 stanzas printed by `apt-cache show` (continuation lines folded)."""
+    stanzas: list[dict[str, str]] = []
     fields: dict[str, str] = {}
     key = ""
-    for line in text.splitlines():
+    for line in [*text.splitlines(), ""]:
         if not line.strip():
             if fields:
-                break
+                stanzas.append(fields)
+                fields = {}
             continue
         if line[0] in " \t" and key:
             fields[key] += "\n" + line.strip()
@@ -57,7 +59,7 @@ def _stanza(text: str) -> dict[str, str]:
         if match:
             key = match.group(1)
             fields[key] = match.group(2)
-    return fields
+    return stanzas
 
 
 def _depends(fields: dict[str, str]) -> tuple[str, ...]:
@@ -69,22 +71,41 @@ def _depends(fields: dict[str, str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def lookup(name: str) -> DebPackage:
-    """The candidate version of `name` in the apt index."""
-    try:
-        result = run(["apt-cache", "show", "--no-all-versions", name], timeout=60)
-    except CommandError as e:
-        raise PackageError(
-            f"apt does not know the package {name!r} (run apt-get update?): {e}"
-        ) from e
-    fields = _stanza(result.text)
+def _package(fields: dict[str, str]) -> DebPackage:
     missing = {"Package", "Version", "Architecture", "SHA256"} - fields.keys()
     if missing:
-        raise PackageError(f"apt-cache show {name}: no {', '.join(sorted(missing))} field")
+        raise PackageError(
+            f"apt-cache show {fields.get('Package')}: no {', '.join(sorted(missing))} field"
+        )
     return DebPackage(
         name=fields["Package"], version=fields["Version"], architecture=fields["Architecture"],
         sha256=fields["SHA256"], depends=_depends(fields),
     )
+
+
+def lookup_many(names: Sequence[str]) -> dict[str, DebPackage]:
+    """The candidate versions of `names` in the apt index, in one apt-cache call."""
+    if not names:
+        return {}
+    try:
+        result = run(["apt-cache", "show", "--no-all-versions", *names], timeout=120)
+    except CommandError as e:
+        if len(names) > 1:  # find the culprit, so the error names it
+            for name in names:
+                lookup(name)
+        raise PackageError(
+            f"apt does not know the package {names[0]!r} (run apt-get update?): {e}"
+        ) from e
+    packages = {fields.get("Package", ""): fields for fields in _stanzas(result.text)}
+    absent = [name for name in names if name not in packages]
+    if absent:
+        raise PackageError(f"apt-cache show printed nothing for {', '.join(absent)}")
+    return {name: _package(packages[name]) for name in names}
+
+
+def lookup(name: str) -> DebPackage:
+    """The candidate version of `name` in the apt index."""
+    return lookup_many([name])[name]
 
 
 def _sha256(path: Path) -> str:
@@ -103,7 +124,8 @@ class DebianPackages:
 
     def fetch(self, names: Sequence[str]) -> list[DebPackage]:
         """Look up and download `names` (only what the cache lacks); verify every file."""
-        packages = [lookup(name) for name in names]
+        found = lookup_many(names)
+        packages = [found[name] for name in names]
         self.cache.mkdir(parents=True, exist_ok=True)
         wanted = [p for p in packages if not self._cached(p)]
         if wanted:

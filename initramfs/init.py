@@ -1,0 +1,126 @@
+"""PID 1 of the Kiln ramdisk.
+
+Start-up: mount the kernel filesystems, read the command line, log to every console, start
+udev and wait for it to settle, mount RECOVERY (and log there too), decide the boot mode, act.
+PID 1 must never exit — that is a kernel panic — so every failure, expected or not, is logged
+with its traceback and ends in a reboot after a pause, or in a shell with `kiln.mode=shell`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import NoReturn
+
+from initramfs import system
+from initramfs.console import RunLog, uptime
+from initramfs.decide import BootMode, Decision, decide
+from initramfs.volumes import DeviceVolumes, gather_facts
+from kiln.cmdline import DebugAction, ForcedMode, KernelCommandLine, parse_cmdline
+from recovery.layout import RecoveryLayout
+
+log = logging.getLogger("kiln.init")
+
+CRASH_PAUSE_SECONDS = 10.0
+NOT_BUILT_PAUSE_SECONDS = 5.0
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by `kiln.debug=raise` to prove the crash path."""
+
+
+def read_cmdline(path: Path = Path("/proc/cmdline")) -> KernelCommandLine:
+    try:
+        return parse_cmdline(path.read_text())
+    except OSError:
+        return parse_cmdline("")
+
+
+def announce(decision: Decision) -> None:
+    log.info("decision: %s (%s) at %.3f s", decision.mode, decision.reason, uptime())
+
+
+def act(decision: Decision, *, volumes: DeviceVolumes, run_log: RunLog,
+        cmdline: KernelCommandLine) -> NoReturn:
+    if decision.mode is BootMode.NORMAL:
+        log.info("normal boot: handing over to %s's /sbin/init", cmdline.root)
+        run_log.detach_recovery()
+        system.switch_root(volumes.sysroot)
+    if decision.mode is BootMode.SHELL:
+        shell_then_reboot(cmdline)
+    log.warning("%s is not built into this ramdisk yet; rebooting in %.0f s",
+                decision.mode, NOT_BUILT_PAUSE_SECONDS)
+    finish(volumes, run_log, pause=NOT_BUILT_PAUSE_SECONDS)
+
+
+def shell_then_reboot(cmdline: KernelCommandLine) -> NoReturn:
+    console = cmdline.console_devices[-1]
+    log.info("starting a shell on %s; leave it to reboot", console)
+    system.run_shell(console)
+    system.reboot()
+
+
+def finish(volumes: DeviceVolumes | None, run_log: RunLog | None, *, pause: float) -> NoReturn:
+    if run_log:
+        run_log.detach_recovery()
+    if volumes:
+        volumes.unmount_all()
+    time.sleep(pause)
+    system.reboot()
+
+
+def boot(run_log: RunLog, cmdline: KernelCommandLine, volumes: DeviceVolumes) -> NoReturn:
+    for problem in cmdline.problems:
+        log.error("kernel command line: %s", problem)
+    if cmdline.debug is DebugAction.RAISE:
+        raise InjectedFailure("kiln.debug=raise: failing on purpose")
+    if cmdline.mode is ForcedMode.SHELL:
+        shell_then_reboot(cmdline)
+    seconds = system.start_udev()
+    log.info("udev settled in %.2f s", seconds)
+    facts, recovery = gather_facts(cmdline, volumes)
+    if recovery is not None:
+        path = run_log.attach_recovery(RecoveryLayout(recovery).logs)
+        log.info("RECOVERY found; logging to %s", path)
+    else:
+        log.warning("no RECOVERY volume found")
+    decision = decide(facts)
+    announce(decision)
+    act(decision, volumes=volumes, run_log=run_log, cmdline=cmdline)
+
+
+def main() -> NoReturn:
+    run_log: RunLog | None = None
+    volumes: DeviceVolumes | None = None
+    cmdline = parse_cmdline("")
+    try:
+        system.early_mounts()
+        cmdline = read_cmdline()
+        run_log = RunLog(cmdline.console_devices)
+        log.info("Kiln ramdisk started (run %s) at %.3f s", run_log.run_id, uptime())
+        volumes = DeviceVolumes()
+        boot(run_log, cmdline, volumes)
+    except BaseException:  # PID 1 must not die: anything at all ends in a defined state
+        text = traceback.format_exc()
+        if run_log is None:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        for line in text.rstrip().splitlines():
+            log.critical("%s", line)
+        if cmdline.mode is ForcedMode.SHELL:
+            try:
+                shell_then_reboot(cmdline)
+            except BaseException:
+                log.critical("the shell failed too")
+        log.critical("PID 1 failed; rebooting in %.0f s", CRASH_PAUSE_SECONDS)
+        try:
+            finish(volumes, run_log, pause=CRASH_PAUSE_SECONDS)
+        except BaseException:
+            system.reboot()
+
+
+if __name__ == "__main__":
+    main()

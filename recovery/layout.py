@@ -1,0 +1,55 @@
+"""What lives on the RECOVERY volume: the contract between manufacture, restore and the OS.
+
+    Image/            signed images; Image/quarantine/ for bad ones (see recovery.store)
+    log/              one log file per ramdisk run, and events not yet sent
+    state/            restore journal, image history, identity and factory configuration
+    requests/         restore.json / erase.json, written from the running OS
+    keys/             trusted image-signing public keys
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+RECOVERY_LABEL = "RECOVERY"
+PRIMARY_LABEL = "PRIMARY"
+DATA_LABEL = "DATA"
+FLAG_FILE = "boot.normal"  # on PRIMARY's root: written last by a restore
+
+
+class Request(enum.StrEnum):
+    RESTORE = "restore"
+    ERASE = "erase"
+
+
+@dataclass(frozen=True)
+class RecoveryLayout:
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "Image"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def requests(self) -> Path:
+        return self.root / "requests"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    def request_file(self, request: Request) -> Path:
+        return self.requests / f"{request.value}.json"
+
+    def requested(self, request: Request) -> bool:
+        return self.request_file(request).is_file()
