@@ -18,6 +18,7 @@ from typing import NoReturn
 from initramfs import system
 from initramfs.console import RunLog, uptime
 from initramfs.decide import BootMode, Decision, decide
+from initramfs.selftest import init_started_at, run_selftest
 from initramfs.volumes import DeviceVolumes, gather_facts
 from kiln.cmdline import DebugAction, ForcedMode, KernelCommandLine, parse_cmdline
 from recovery.layout import RecoveryLayout
@@ -40,7 +41,10 @@ def read_cmdline(path: Path = Path("/proc/cmdline")) -> KernelCommandLine:
 
 
 def announce(decision: Decision) -> None:
-    log.info("decision: %s (%s) at %.3f s", decision.mode, decision.reason, uptime())
+    now = uptime()
+    started = init_started_at()
+    since = f", {now - started:.3f} s after /init started" if started is not None else ""
+    log.info("decision: %s (%s) at %.3f s%s", decision.mode, decision.reason, now, since)
 
 
 def act(decision: Decision, *, volumes: DeviceVolumes, run_log: RunLog,
@@ -81,6 +85,8 @@ def boot(run_log: RunLog, cmdline: KernelCommandLine, volumes: DeviceVolumes) ->
         shell_then_reboot(cmdline)
     seconds = system.start_udev()
     log.info("udev settled in %.2f s", seconds)
+    if cmdline.debug is DebugAction.SELFTEST:
+        run_selftest()
     facts, recovery = gather_facts(cmdline, volumes)
     if recovery is not None:
         path = run_log.attach_recovery(RecoveryLayout(recovery).logs)

@@ -3,7 +3,8 @@
     mfgurl=URL                  manufacture this unit from the manufData at URL
     kiln.mode=restore|erase|shell   force a mode (boot-menu entries use it)
     kiln.root=LABEL=PRIMARY | UUID=…       the appliance OS's root (default LABEL=PRIMARY)
-    kiln.debug=raise            make PID 1 raise right after start-up (tests the crash path)
+    kiln.debug=raise|selftest   fail on purpose after start-up (proves the crash path), or
+                                check the ramdisk is complete before deciding
     console=…                   every console gets Kiln's output
 
 Unknown `kiln.*` keys are collected as problems (PID 1 prints them on the console) instead of
@@ -26,7 +27,8 @@ class ForcedMode(enum.StrEnum):
 
 
 class DebugAction(enum.StrEnum):
-    RAISE = "raise"
+    RAISE = "raise"  # fail on purpose right after start-up: proves the crash path
+    SELFTEST = "selftest"  # import every module, find every tool, list disks, then go on
 
 
 _KNOWN_KILN_KEYS = frozenset({"kiln.mode", "kiln.root", "kiln.debug"})

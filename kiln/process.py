@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TIMEOUT = 300.0
 _STDERR_TAIL_LINES = 20
+_REAP_SECONDS = 1.0  # after a kill, for the output still in the pipes
 
 Arg: TypeAlias = str | os.PathLike[str]
 
@@ -116,7 +117,17 @@ def run(
         stdout, stderr = process.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         process.kill()
-        _, stderr = process.communicate()
+        try:
+            _, stderr = process.communicate(timeout=_REAP_SECONDS)
+        except subprocess.TimeoutExpired:
+            # A child of the command still holds the pipes open: stop reading, or the timeout
+            # would last as long as that child does.
+            stderr = b""
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            process.wait()
         raise CommandTimeout(
             argv=args, returncode=None, stderr=stderr, why=f"timed out after {timeout:g} s"
         ) from e
@@ -185,6 +196,10 @@ class Spawned:
             if stream is not None:
                 with contextlib.suppress(BrokenPipeError):
                     stream.close()
+
+    def stderr_output(self) -> bytes:
+        """What the command wrote to stderr so far (e.g. why it exited early)."""
+        return self._stderr()
 
     def _stderr(self) -> bytes:
         self._stderr_file.seek(0)

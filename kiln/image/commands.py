@@ -138,9 +138,11 @@ def _verify(arguments: argparse.Namespace) -> int:
 
 def _extract(arguments: argparse.Namespace) -> int:
     trust = TrustStore.from_paths(arguments.trust)
-    with ImageReader.open(arguments.source, trust) as reader:
-        with Progress("extract", total=reader.manifest.payload_size) as progress:
-            result = extract(reader, arguments.dest, progress=progress)
+    with (
+        ImageReader.open(arguments.source, trust) as reader,
+        Progress("extract", total=reader.manifest.payload_size) as progress,
+    ):
+        result = extract(reader, arguments.dest, progress=progress)
     print(
         f"OK {reader.manifest.label}: {result.members} members, "
         f"{format_bytes(result.payload_bytes)} into {arguments.dest}"

@@ -98,7 +98,7 @@ def envelope_size(header: bytes) -> int:
         )
     if not len(ENVELOPE_MARK) < length <= MAX_ENVELOPE_SIZE:
         raise EnvelopeError(f"envelope length {length} is out of range")
-    return HEADER.size + length
+    return HEADER.size + int(length)
 
 
 def decode_envelope(frame: bytes) -> Envelope:

@@ -41,7 +41,9 @@ def tar_extract_argv(dest: Path) -> list[str]:
 def extract(reader: ImageReader, dest: Path, *, progress: Progress | None = None) -> ExtractResult:
     """Extract the image's payload into `dest`, which must be an existing directory."""
     if reader.manifest.payload_kind is not PayloadKind.ROOTFS_TAR:
-        raise ImageError(f"cannot extract a {reader.manifest.payload_kind} payload into a directory")
+        raise ImageError(
+            f"cannot extract a {reader.manifest.payload_kind} payload into a directory"
+        )
     if not dest.is_dir():
         raise ImageError(f"{dest} is not a directory")
     guard = TarGuard(dest)

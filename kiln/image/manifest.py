@@ -182,7 +182,7 @@ def parse_manifest(text: str) -> Manifest:
         raise ManifestError(["the manifest must be a JSON object"])
     check = _Checker()
     version = document.get("manifest_version")
-    if version != MANIFEST_VERSION:
+    if isinstance(version, bool) or version != MANIFEST_VERSION:  # true == 1 in Python
         raise ManifestError([
             f"unsupported manifest_version {json.dumps(version)}; this Kiln reads version "
             f"{MANIFEST_VERSION}"

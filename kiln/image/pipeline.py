@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TypeVar
 
 Item = TypeVar("Item")
@@ -22,7 +22,7 @@ class _Failure:
         self.error = error
 
 
-def prefetch(items: Iterator[Item], *, depth: int = 2) -> Iterator[Item]:
+def prefetch(items: Iterator[Item], *, depth: int = 2) -> Generator[Item, None, None]:
     """Yield `items`, produced up to `depth` ahead in a thread; errors surface in order.
 
     Closing the returned generator early stops the producer before it reads any further.

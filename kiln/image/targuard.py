@@ -11,6 +11,7 @@ headers and an archive that ends early. Bulk data passes through without copies.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,10 @@ from kiln.image.errors import UnsafeArchiveError
 
 BLOCK = 512
 MAX_META_SIZE = 1024 * 1024
+MAX_NUMBER = 2**63 - 1  # GNU tar's off_t
+_OCTAL = re.compile(rb"[0-7]+")
+_DECIMAL = re.compile(r"[0-9]+")
+_DIGITS = re.compile(rb"[0-9]+")
 _DATA_TYPES = frozenset(b"07\x00")  # regular (new, contiguous, old style)
 _NO_DATA_TYPES = frozenset(b"123456")  # hard link, symlink, char, block, directory, fifo
 _META_TYPES = frozenset(b"xgLK")
@@ -42,17 +47,26 @@ def _pad(size: int) -> int:
 
 
 def _number(field: bytes, what: str) -> int:
-    if field and field[0] & 0x80:  # GNU base-256
+    """A numeric header field, read exactly as GNU tar reads it or refused.
+
+    Any other reading (Python's `int` also takes "+", "_" and "0o"; GNU tar reads "+…" as
+    base-64 and skips a header whose size it cannot read) would let the guard and tar disagree
+    on where the next header starts.
+    """
+    if field and field[0] in (0x80, 0xFF):  # GNU base-256
         if field[0] == 0xFF:
             raise UnsafeArchiveError(f"negative {what} in a tar header")
-        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-    text = field.split(b"\x00", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError as e:
-        raise UnsafeArchiveError(f"corrupt {what} {text!r} in a tar header") from e
+        value = int.from_bytes(field[1:], "big")
+    else:
+        text = field.split(b"\x00", 1)[0].strip(b" ")
+        if not text:
+            return 0
+        if not _OCTAL.fullmatch(text):
+            raise UnsafeArchiveError(f"corrupt {what} {text!r} in a tar header")
+        value = int(text, 8)
+    if value > MAX_NUMBER:
+        raise UnsafeArchiveError(f"{what} {value} in a tar header is out of range")
+    return value
 
 
 def _text(field: bytes) -> str:
@@ -67,20 +81,24 @@ def _checksum_ok(block: bytes) -> bool:
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
+    """The records of a pax header, each exactly "LENGTH KEY=VALUE\\n" or refused.
+
+    GNU tar stops reading a header at the first record it cannot parse and keeps what the
+    ustar header says, so any record read differently here would check a name tar never uses.
+    """
     records: dict[str, str] = {}
     position = 0
     while position < len(data):
         space = data.find(b" ", position)
-        try:
-            length = int(data[position:space])
-        except ValueError as e:
-            raise UnsafeArchiveError("corrupt pax extended header") from e
-        record = data[position:position + length]
-        if space < 0 or length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+        digits = data[position:space] if space > position else b""
+        end = position + int(digits) if _DIGITS.fullmatch(digits) else -1
+        if end > len(data) or end <= space + 1 or data[end - 1:end] != b"\n":
             raise UnsafeArchiveError("corrupt pax extended header")
-        key, _, value = record[space - position + 1:-1].partition(b"=")
+        key, equals, value = data[space + 1:end - 1].partition(b"=")
+        if not equals or not key or key[:1] in b" \t" or b"\x00" in key:
+            raise UnsafeArchiveError("corrupt pax extended header")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        position += length
+        position = end
     return records
 
 
@@ -186,16 +204,17 @@ class TarGuard:
         self._check(member, kind)
         self._pax, self._long_name, self._long_link = {}, None, None
         self.members += 1
-        self._data_left = _pad(member.size) if kind in _DATA_TYPES else 0
+        self._data_left = _pad(member.size) if member.kind == "file" else 0
         return True
 
     def _finish_meta(self) -> None:
         data = bytes(self._meta[: self._meta_size])
         kind, self._meta_type = self._meta_type, 0
+        # Like GNU tar: a later header replaces an earlier one of its kind, records and all.
         if kind == ord("x"):
-            self._pax.update(_pax_records(data))
+            self._pax = _pax_records(data)
         elif kind == ord("g"):
-            self._global_pax.update(_pax_records(data))
+            self._global_pax = _pax_records(data)
         elif kind == ord("L"):
             self._long_name = _text(data)
         else:
@@ -209,10 +228,14 @@ class TarGuard:
         name = pax.get("path", self._long_name or name)
         linkname = pax.get("linkpath", self._long_link or _text(block[157:257]))
         if "size" in pax:
-            try:
-                size = int(pax["size"])
-            except ValueError as e:
-                raise UnsafeArchiveError(f"member {name!r}: corrupt pax size") from e
+            # GNU tar ignores a size record that is not plain decimal digits; refuse it instead
+            if not _DECIMAL.fullmatch(pax["size"]) or int(pax["size"]) > MAX_NUMBER:
+                raise UnsafeArchiveError(f"member {name!r}: corrupt pax size {pax['size']!r}")
+            size = int(pax["size"])
+        if kind in _DATA_TYPES and name.endswith("/"):
+            # GNU tar extracts a regular member named "x/" as a directory and reads no data
+            # for it: the bytes that follow are its next header.
+            kind = ord("5")
         if kind not in _KIND_NAMES:
             raise UnsafeArchiveError(
                 f"member {name!r}: unsupported tar member type {chr(kind)!r}"
@@ -247,8 +270,18 @@ class TarGuard:
             if not target:
                 raise UnsafeArchiveError(f"refusing member {member.name!r}: hard link to DEST")
             self._check_parents(target, member.name)
+            if target in self._symlinks or self._is_dest_symlink(target):
+                self._symlinks.add(member.name)  # a hard link to a symlink is a symlink
         if member.kind == "symlink":
             self._symlinks.add(member.name)
+
+    def _is_dest_symlink(self, path: str) -> bool:
+        if self._dest is None:
+            return False
+        try:
+            return stat.S_ISLNK(os.lstat(self._dest / path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def _check_parents(self, path: str, member: str) -> None:
         parts = path.split("/")
@@ -264,8 +297,8 @@ class TarGuard:
             if self._dest is not None:
                 try:
                     mode = os.lstat(self._dest / parent).st_mode
-                except FileNotFoundError:
-                    mode = stat.S_IFDIR
+                except (FileNotFoundError, NotADirectoryError):
+                    mode = stat.S_IFDIR  # tar will make it (or fail on it)
                 if stat.S_ISLNK(mode):
                     raise UnsafeArchiveError(
                         f"refusing member {member!r}: {parent!r} is a symlink already in "
