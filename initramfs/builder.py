@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -26,9 +25,9 @@ import zstandard
 
 from initramfs import staging
 from initramfs.contents import CONTENTS, RamdiskContents
-from initramfs.cpio import CpioWriter, DeviceNode
 from initramfs.debian import DebianPackages, fetch_kernel, kernel_package_name, lookup
 from initramfs.packages import resolve
+from kiln.cpio import CpioEntry, CpioWriter
 from kiln.errors import KilnError
 
 log = logging.getLogger(__name__)
@@ -42,12 +41,12 @@ INFO_FILE = "build.json"
 # Present before PID 1 mounts devtmpfs: the kernel opens the console for /init, and Python
 # reads /dev/urandom for its hash seed while starting.
 EARLY_DEVICES = (
-    DeviceNode("dev/console", stat.S_IFCHR | 0o600, 5, 1),
-    DeviceNode("dev/null", stat.S_IFCHR | 0o666, 1, 3),
-    DeviceNode("dev/zero", stat.S_IFCHR | 0o666, 1, 5),
-    DeviceNode("dev/random", stat.S_IFCHR | 0o666, 1, 8),
-    DeviceNode("dev/urandom", stat.S_IFCHR | 0o666, 1, 9),
-    DeviceNode("dev/tty", stat.S_IFCHR | 0o666, 5, 0),
+    CpioEntry.char_device("dev/console", 5, 1),
+    CpioEntry.char_device("dev/null", 1, 3, 0o666),
+    CpioEntry.char_device("dev/zero", 1, 5, 0o666),
+    CpioEntry.char_device("dev/random", 1, 8, 0o666),
+    CpioEntry.char_device("dev/urandom", 1, 9, 0o666),
+    CpioEntry.char_device("dev/tty", 5, 0, 0o666),
 )
 
 
@@ -73,7 +72,7 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def _source_files(root: Path, packages: Sequence[str]) -> list[Path]:
+def source_files(root: Path, packages: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for package in packages:
         files.extend(p for p in (root / package).rglob("*.py") if "__pycache__" not in p.parts)
@@ -124,7 +123,7 @@ def build_ramdisk(
     kernel_package = lookup(kernel_package_name())
     digest = inputs_hash(
         packages=packages, kernel_sha256=kernel_package.sha256,
-        sources=_source_files(root, contents.kiln_packages), root=root, keys=keys,
+        sources=source_files(root, contents.kiln_packages), root=root, keys=keys,
         contents=contents,
     )
     target = cache / "ramdisk" / digest[:16]
@@ -166,7 +165,7 @@ def _build(target: Path, *, digest: str, packages: Sequence[Any], keys: Sequence
             writer = CpioWriter(handle, mtime=SOURCE_DATE_EPOCH)
             writer.add_tree(tree)
             for node in EARLY_DEVICES:
-                writer.add_device(node)
+                writer.add(node)
             writer.finish()
         work_target = work / "out"
         work_target.mkdir()

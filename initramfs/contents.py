@@ -65,7 +65,8 @@ CONTENTS = RamdiskContents(
         "ahci", "sd_mod", "sr_mod", "nvme",
         "usb_storage", "uas", "xhci_pci", "ehci_pci", "usbhid", "hid_generic",
         "e1000", "e1000e",
-        "ext4", "vfat", "nls_cp437", "nls_iso8859_1", "nls_utf8", "efivarfs", "loop",
+        "ext4", "crc32c_generic", "crc32c_intel", "vfat", "nls_cp437", "nls_iso8859_1",
+        "nls_utf8", "efivarfs", "loop",
     ),
     kiln_packages=("kiln", "initramfs", "provision", "recovery", "erase"),
 )

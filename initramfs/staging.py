@@ -17,6 +17,7 @@ from pathlib import Path
 from initramfs.contents import RamdiskContents
 from initramfs.debian import DebianKernel, DebianPackages, DebPackage
 from initramfs.elf import is_elf, read_deps
+from kiln.kmod import module_closure
 from kiln.process import run
 
 PYTHON = "python3.11"
@@ -100,51 +101,10 @@ def _ca_bundle(tree: Path) -> None:
     bundle.write_bytes(b"".join(c.read_bytes().rstrip(b"\n") + b"\n" for c in certificates))
 
 
-def _module_index(root: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Module name → path, and path → dependency paths, from modules.dep."""
-    paths: dict[str, str] = {}
-    depends: dict[str, list[str]] = {}
-    for line in (root / "modules.dep").read_text().splitlines():
-        path, _, rest = line.partition(":")
-        paths[Path(path).name.split(".ko")[0].replace("-", "_")] = path
-        depends[path] = rest.split()
-    return paths, depends
-
-
-def _softdeps(root: Path) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
-    softdep = root / "modules.softdep"
-    for line in softdep.read_text().splitlines() if softdep.exists() else []:
-        words = line.split()
-        if len(words) > 2 and words[0] == "softdep":
-            result[words[1].replace("-", "_")] = [
-                w.replace("-", "_") for w in words[2:] if not w.endswith(":")
-            ]
-    return result
-
-
 def _kernel_modules(tree: Path, kernel: DebianKernel, wanted: Sequence[str]) -> None:
     source = kernel.modules / "lib" / "modules" / kernel.version
-    builtin = {Path(line).name.split(".ko")[0].replace("-", "_")
-               for line in (source / "modules.builtin").read_text().splitlines()}
-    paths, depends = _module_index(source)
-    soft = _softdeps(source)
-    chosen: set[str] = set()
-    queue = [name.replace("-", "_") for name in wanted]
-    while queue:
-        name = queue.pop()
-        if name in builtin:
-            continue
-        if name not in paths:
-            raise FileNotFoundError(f"kernel {kernel.version} has no module {name!r}")
-        path = paths[name]
-        if path in chosen:
-            continue
-        chosen.add(path)
-        queue.extend(Path(p).name.split(".ko")[0].replace("-", "_") for p in depends[path])
-        queue.extend(n for n in soft.get(name, []) if n in paths or n in builtin)
     target = tree / "lib" / "modules" / kernel.version
-    for path in sorted(chosen):
+    for path in module_closure(source, wanted):
         destination = target / path
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / path, destination)

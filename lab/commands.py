@@ -1,0 +1,132 @@
+"""`kiln lab …`: try a kernel and ramdisk in a VM before it goes to the factory."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lab.httpd import HttpServer
+from lab.pxe import IpxeBoot, pxe_nic, write_ipxe_script
+from lab.spec import (
+    DEFAULT_MAC,
+    BootDevice,
+    DirectKernel,
+    Disk,
+    DiskInterface,
+    Firmware,
+    Nic,
+    Smbios,
+    VmSpec,
+)
+from lab.vm import Lab
+
+if TYPE_CHECKING:
+    from kiln.cli import CommandTree
+
+log = logging.getLogger(__name__)
+
+_SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+_SCALE = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_disk(text: str) -> Disk:
+    """`SIZE[:virtio|ahci|nvme]`, e.g. `8G`, `512M:nvme`."""
+    size_text, _, interface = text.partition(":")
+    match = _SIZE.match(size_text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"not a disk size: {size_text!r} (e.g. 8G, 512M)")
+    size = int(match.group(1)) * _SCALE[match.group(2).upper()]
+    try:
+        kind = DiskInterface(interface.strip().lower() or DiskInterface.VIRTIO.value)
+    except ValueError:
+        choices = "|".join(i.value for i in DiskInterface)
+        raise argparse.ArgumentTypeError(
+            f"disk interface {interface!r}: expected {choices}") from None
+    return Disk(size=size, interface=kind)
+
+
+def add_commands(tree: CommandTree) -> None:
+    lab = tree.group("lab", "boot kernels and ramdisks in QEMU VMs (the test lab)")
+
+    boot = lab.add_parser(
+        "boot", help="boot a kernel and ramdisk in a VM and show its console live",
+        description="Boot a kernel and ramdisk in a throw-away VM (SeaBIOS or OVMF), "
+                    "directly or over PXE (iPXE + HTTP), and copy its serial console to "
+                    "stdout until the VM powers off or Ctrl-C. Everything made is removed "
+                    "afterwards unless --keep.",
+    )
+    boot.add_argument("--firmware", type=Firmware, choices=list(Firmware),
+                      default=Firmware.UEFI, help="uefi (OVMF) or bios (SeaBIOS); default uefi")
+    boot.add_argument("--kernel", type=Path, required=True, help="the kernel (bzImage)")
+    boot.add_argument("--initrd", type=Path, required=True, help="the initramfs")
+    boot.add_argument("--append", default="", metavar="ARGS",
+                      help="more kernel arguments (console=ttyS0 is always given)")
+    boot.add_argument("--pxe", action="store_true",
+                      help="boot over the network: DHCP/TFTP hand iPXE a script that fetches "
+                           "kernel and initrd from an HTTP server on the host")
+    boot.add_argument("--disk", type=parse_disk, action="append", default=[],
+                      metavar="SIZE[:virtio|ahci|nvme]", help="add a blank disk (repeatable)")
+    boot.add_argument("--memory", type=int, default=1024, metavar="MB",
+                      help="memory (default 1024)")
+    boot.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
+    boot.add_argument("--serial", default="LAB-0001", help="SMBIOS serial number")
+    boot.add_argument("--mac", default=DEFAULT_MAC, help=f"the NIC's MAC (default {DEFAULT_MAC})")
+    boot.add_argument("--keep", action="store_true",
+                      help="keep the VM's work dir (console log, disks, UEFI vars)")
+    boot.set_defaults(handler=_boot)
+
+
+def _boot(arguments: argparse.Namespace) -> int:
+    keep: bool = arguments.keep
+    lab = Lab.detect(keep=keep or None)
+    for file in (arguments.kernel, arguments.initrd):
+        if not file.is_file():
+            print(f"kiln lab boot: {file} is not a file", file=sys.stderr)
+            return 2
+    with contextlib.ExitStack() as stack:
+        if arguments.pxe:
+            pxe_dir = Path(tempfile.mkdtemp(prefix="kiln-lab-pxe-"))
+            if not lab.keep:
+                stack.callback(shutil.rmtree, pxe_dir, ignore_errors=True)
+            boot: BootDevice | DirectKernel = BootDevice.NETWORK
+            nic = _serve_pxe(arguments, pxe_dir, stack)
+        else:
+            append = " ".join(filter(None, ["console=ttyS0", arguments.append]))
+            boot = DirectKernel(kernel=arguments.kernel, initrd=arguments.initrd, append=append)
+            nic = Nic(mac=arguments.mac)
+        spec = VmSpec(
+            firmware=arguments.firmware, boot=boot, disks=tuple(arguments.disk), nics=(nic,),
+            smbios=Smbios(serial=arguments.serial), memory_mb=arguments.memory,
+            cpus=arguments.cpus,
+        )
+        vm = stack.enter_context(lab.vm(spec))
+        print(f"kiln lab: {spec.firmware.value} VM {spec.smbios.serial} running under "
+              f"{lab.accel.value.upper()} (pid {vm.pid}, work dir {vm.work_dir}); "
+              "Ctrl-C ends it", file=sys.stderr, flush=True)
+        status = vm.follow()
+        print(f"\nkiln lab: QEMU exited (status {status})", file=sys.stderr)
+        if status != 0:
+            print(vm.qemu_stderr().rstrip(), file=sys.stderr)
+    return 0 if status == 0 else 1
+
+
+def _serve_pxe(
+    arguments: argparse.Namespace, pxe_dir: Path, stack: contextlib.ExitStack[bool | None]
+) -> Nic:
+    www, tftp = pxe_dir / "www", pxe_dir / "tftp"
+    www.mkdir()
+    http = stack.enter_context(HttpServer(www))
+    initrd_name = arguments.initrd.name
+    http.publish(arguments.kernel, "vmlinuz")
+    http.publish(arguments.initrd, initrd_name)
+    write_ipxe_script(tftp, IpxeBoot(base_url=http.guest_url, kernel="vmlinuz",
+                                     initrd=initrd_name, cmdline=arguments.append))
+    log.info("PXE: TFTP %s, HTTP %s on %s", tftp, www, http.url)
+    return pxe_nic(tftp, mac=arguments.mac)
