@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-from types import TracebackType
-from typing import Self, TextIO
+from typing import TextIO
+
+from kiln.resource import Closing
 
 _REDRAW_SECONDS = 0.2
 
@@ -23,7 +24,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class Progress:
+class Progress(Closing):
     """Counts bytes and redraws one status line at most five times a second.
 
     `enabled` defaults to whether the stream is a terminal, so piping a command's output or
@@ -71,13 +72,5 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self.finish()

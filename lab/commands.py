@@ -64,8 +64,11 @@ def add_commands(tree: CommandTree) -> None:
     )
     boot.add_argument("--firmware", type=Firmware, choices=list(Firmware),
                       default=Firmware.UEFI, help="uefi (OVMF) or bios (SeaBIOS); default uefi")
-    boot.add_argument("--kernel", type=Path, required=True, help="the kernel (bzImage)")
-    boot.add_argument("--initrd", type=Path, required=True, help="the initramfs")
+    boot.add_argument("--ramdisk", type=Path, metavar="DIR",
+                      help="a `kiln initramfs build --out DIR` result: DIR/vmlinuz and "
+                           "DIR/initrd.zst")
+    boot.add_argument("--kernel", type=Path, help="the kernel (bzImage), instead of --ramdisk")
+    boot.add_argument("--initrd", type=Path, help="the initramfs, instead of --ramdisk")
     boot.add_argument("--append", default="", metavar="ARGS",
                       help="more kernel arguments (console=ttyS0 is always given)")
     boot.add_argument("--pxe", action="store_true",
@@ -78,6 +81,8 @@ def add_commands(tree: CommandTree) -> None:
     boot.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
     boot.add_argument("--serial", default="LAB-0001", help="SMBIOS serial number")
     boot.add_argument("--mac", default=DEFAULT_MAC, help=f"the NIC's MAC (default {DEFAULT_MAC})")
+    boot.add_argument("--no-reboot", action="store_true",
+                      help="end when the guest reboots (instead of booting again)")
     boot.add_argument("--keep", action="store_true",
                       help="keep the VM's work dir (console log, disks, UEFI vars)")
     boot.set_defaults(handler=_boot)
@@ -86,6 +91,12 @@ def add_commands(tree: CommandTree) -> None:
 def _boot(arguments: argparse.Namespace) -> int:
     keep: bool = arguments.keep
     lab = Lab.detect(keep=keep or None)
+    if arguments.ramdisk is not None:
+        arguments.kernel = arguments.kernel or arguments.ramdisk / "vmlinuz"
+        arguments.initrd = arguments.initrd or arguments.ramdisk / "initrd.zst"
+    if arguments.kernel is None or arguments.initrd is None:
+        print("kiln lab boot: give --ramdisk DIR, or --kernel and --initrd", file=sys.stderr)
+        return 2
     for file in (arguments.kernel, arguments.initrd):
         if not file.is_file():
             print(f"kiln lab boot: {file} is not a file", file=sys.stderr)
@@ -104,7 +115,7 @@ def _boot(arguments: argparse.Namespace) -> int:
         spec = VmSpec(
             firmware=arguments.firmware, boot=boot, disks=tuple(arguments.disk), nics=(nic,),
             smbios=Smbios(serial=arguments.serial), memory_mb=arguments.memory,
-            cpus=arguments.cpus,
+            cpus=arguments.cpus, no_reboot=arguments.no_reboot,
         )
         vm = stack.enter_context(lab.vm(spec))
         print(f"kiln lab: {spec.firmware.value} VM {spec.smbios.serial} running under "

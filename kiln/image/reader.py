@@ -12,8 +12,6 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import zstandard
 
@@ -28,6 +26,7 @@ from kiln.image.manifest import Manifest
 from kiln.image.signing import TrustStore
 from kiln.image.source import ByteSource, RetryPolicy, open_source
 from kiln.progress import Progress
+from kiln.resource import Closing
 
 
 class TruncatedFrameError(FrameError):
@@ -73,7 +72,7 @@ def decode_frame(index: int, data: bytes, expected_size: int) -> bytes:
     return output
 
 
-class ImageReader:
+class ImageReader(Closing):
     """A signature-checked image; iterate its frames or its payload."""
 
     def __init__(self, source: ByteSource, trust: TrustStore):
@@ -155,14 +154,3 @@ class ImageReader:
 
     def close(self) -> None:
         self.source.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

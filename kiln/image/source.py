@@ -15,13 +15,13 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 import requests
 import urllib3
 
 from kiln.image.errors import SourceError, SourceTruncatedError
+from kiln.resource import Closing
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ByteSource(Protocol):
     def close(self) -> None: ...
 
 
-class FileSource:
+class FileSource(Closing):
     rereadable = False
 
     def __init__(self, path: Path):
@@ -94,17 +94,6 @@ class FileSource:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _Dropped(Exception):
