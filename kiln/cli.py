@@ -3,7 +3,8 @@
 Each package contributes its subcommands through the `kiln.commands` entry-point group (see
 pyproject.toml), so this module never imports the packages built on top of the core. A
 contributor's `add_commands(tree)` adds parsers to command groups; a group's handler is the
-`handler` default of its parser and takes the parsed arguments.
+`handler` default of its parser and takes the parsed arguments. Entry points are named after
+the group they add to (`image`, or `image.push` for a second contributor to `kiln image`).
 """
 
 from __future__ import annotations
@@ -48,17 +49,31 @@ class CommandTree:
         return self._commands.add_parser(name, help=help, description=help)
 
 
-def build_tree() -> CommandTree:
+def _command_word(argv: Sequence[str]) -> str | None:
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_tree(argv: Sequence[str] = ()) -> CommandTree:
+    """The command tree. An entry point named `GROUP` or `GROUP.anything` adds to `kiln
+    GROUP`; when `argv` names a known group only its entry points are loaded, so `kiln image
+    …` does not pay for importing the server or the lab."""
     tree = CommandTree()
-    for entry in sorted(entry_points(group="kiln.commands"), key=lambda e: e.name):
+    entries = sorted(entry_points(group="kiln.commands"), key=lambda e: e.name)
+    word = _command_word(argv)
+    chosen = [e for e in entries if e.name.split(".")[0] == word] or entries
+    for entry in chosen:
         add_commands: Callable[[CommandTree], None] = entry.load()
         add_commands(tree)
     return tree
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    tree = build_tree()
-    arguments = tree.parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    tree = build_tree(words)
+    arguments = tree.parser.parse_args(words)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(arguments.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     handler: Handler = arguments.handler

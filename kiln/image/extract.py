@@ -9,9 +9,13 @@ nothing of a member before its header was found safe.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from kiln.image.errors import ImageError
 from kiln.image.manifest import PayloadKind
@@ -21,6 +25,8 @@ from kiln.image.targuard import TarGuard
 from kiln.process import CommandError, spawn
 from kiln.progress import Progress
 
+PIPE_SIZE = 1024 * 1024
+Piece = bytes | memoryview
 TAR_EXTRACT = (
     "tar", "--extract", "--file=-", "--numeric-owner", "--preserve-permissions",
     "--xattrs", "--xattrs-include=*", "--acls", "--delay-directory-restore",
@@ -49,24 +55,41 @@ def extract(reader: ImageReader, dest: Path, *, progress: Progress | None = None
     guard = TarGuard(dest)
     written = 0
     with spawn(tar_extract_argv(dest), stdin_pipe=True) as tar:
-        chunks = prefetch(reader.payload())
+        _grow_pipe(tar.stdin)
+        batches = prefetch(_checked(reader, guard))
         try:
-            for chunk in chunks:
-                for piece in guard.feed(chunk):
+            for size, pieces in batches:
+                for piece in pieces:
                     try:
                         tar.stdin.write(piece)
                     except BrokenPipeError:
                         tar.wait()  # raises with tar's own message
                         raise
-                written += len(chunk)
+                written += size
                 if progress:
-                    progress.advance(len(chunk))
-            guard.finish()
+                    progress.advance(size)
         except BaseException:
-            chunks.close()
+            batches.close()
             raise
         try:
             tar.wait()
         except CommandError as e:
             raise ImageError(f"extracting into {dest} failed: {e}") from e
     return ExtractResult(members=guard.members, payload_bytes=written)
+
+
+def _checked(reader: ImageReader, guard: TarGuard) -> Iterator[tuple[int, list[Piece]]]:
+    """Verified, decompressed frames cut into the pieces the guard lets through.
+
+    Runs in the prefetch thread: checking the headers of the next frame overlaps with tar
+    writing the files of this one, so tar never waits for the guard.
+    """
+    for chunk in reader.payload():
+        yield len(chunk), guard.feed(chunk)
+    guard.finish()
+
+
+def _grow_pipe(stream: IO[bytes]) -> None:
+    """A 1 MiB pipe (the unprivileged maximum) keeps tar fed between our writes."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)

@@ -51,25 +51,35 @@ def read_envelope(source: ByteSource) -> Envelope:
 
 def decode_frame(index: int, data: bytes, expected_size: int) -> bytes:
     """Decompress one verified frame, insisting it is exactly one whole zstd frame."""
-    decompressor = zstandard.ZstdDecompressor().decompressobj(write_size=expected_size)
     try:
-        output = decompressor.decompress(data)
-    except zstandard.ZstdError as e:
-        raise FrameError(index, f"not a valid zstd frame ({e})") from e
-    if not decompressor.eof:
-        raise FrameError(
-            index, f"the manifest's length {len(data)} ends inside the zstd frame"
+        output: bytes = zstandard.ZstdDecompressor().decompress(
+            data, max_output_size=expected_size, allow_extra_data=False
         )
-    if decompressor.unused_data:
-        raise FrameError(
-            index, f"the manifest's length {len(data)} runs {len(decompressor.unused_data)} "
-            "bytes past the end of the zstd frame"
-        )
+    except zstandard.ZstdError:
+        _explain_bad_frame(index, data, expected_size)
+        raise
     if len(output) != expected_size:
         raise FrameError(
             index, f"decompresses to {len(output)} bytes; the manifest implies {expected_size}"
         )
     return output
+
+
+def _explain_bad_frame(index: int, data: bytes, expected_size: int) -> None:
+    """Raise the `FrameError` that says precisely what is wrong with a frame that failed."""
+    decompressor = zstandard.ZstdDecompressor().decompressobj(write_size=expected_size)
+    try:
+        decompressor.decompress(data)
+    except zstandard.ZstdError as e:
+        raise FrameError(index, f"not a valid zstd frame ({e})") from e
+    if not decompressor.eof:
+        raise FrameError(index, f"the manifest's length {len(data)} ends inside the zstd frame")
+    if decompressor.unused_data:
+        raise FrameError(
+            index, f"the manifest's length {len(data)} runs {len(decompressor.unused_data)} "
+            "bytes past the end of the zstd frame"
+        )
+    raise FrameError(index, f"does not decompress to the {expected_size} bytes it should")
 
 
 class ImageReader(Closing):

@@ -155,3 +155,11 @@ def test_sizes(text: str, size: int) -> None:
 def test_a_size_that_is_not_one() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="not a size: '12Q'"):
         parse_size("12Q")
+
+
+def test_only_the_named_group_is_loaded() -> None:
+    from kiln.cli import build_tree
+
+    assert set(build_tree(["-v", "image", "verify"])._groups) == {"image"}
+    assert {"image", "recovery", "initramfs", "lab"} <= set(build_tree([])._groups)
+    assert {"image", "recovery"} <= set(build_tree(["no-such-command"])._groups)

@@ -10,9 +10,10 @@ import pytest
 
 from kiln.image.errors import FrameError, ImageError, SourceError
 from kiln.image.extract import extract
+from kiln.image.http import HttpSource
 from kiln.image.reader import ImageReader, TruncatedFrameError
 from kiln.image.signing import SigningKey, TrustStore
-from kiln.image.source import HttpSource, RetryPolicy, open_source
+from kiln.image.source import RetryPolicy, open_source
 from tests.kiln.image.helpers import (
     FRAME_SIZE,
     BuiltImage,
