@@ -50,7 +50,7 @@ def add_commands(tree: CommandTree) -> None:
                        help="compatible hardware variant (repeat; default '*': any)")
     build.add_argument("--description", default="")
     build.add_argument("--frame-size", type=parse_size, default=DEFAULT_FRAME_SIZE,
-                       help="uncompressed bytes per frame (default 16M)")
+                       help="uncompressed bytes per frame (default 8M)")
     build.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level (1-22)")
     build.add_argument("--threads", type=int, default=0, help="compression threads (0: all)")
     build.set_defaults(handler=_build)

@@ -26,6 +26,8 @@ from kiln.process import CommandError, spawn
 from kiln.progress import Progress
 
 PIPE_SIZE = 1024 * 1024
+SLICE_SIZE = 1024 * 1024
+PREFETCH_SLICES = 32
 Piece = bytes | memoryview
 TAR_EXTRACT = (
     "tar", "--extract", "--file=-", "--numeric-owner", "--preserve-permissions",
@@ -56,7 +58,7 @@ def extract(reader: ImageReader, dest: Path, *, progress: Progress | None = None
     written = 0
     with spawn(tar_extract_argv(dest), stdin_pipe=True) as tar:
         _grow_pipe(tar.stdin)
-        batches = prefetch(_checked(reader, guard))
+        batches = prefetch(_checked(reader, guard), depth=PREFETCH_SLICES)
         try:
             for size, pieces in batches:
                 for piece in pieces:
@@ -81,11 +83,14 @@ def extract(reader: ImageReader, dest: Path, *, progress: Progress | None = None
 def _checked(reader: ImageReader, guard: TarGuard) -> Iterator[tuple[int, list[Piece]]]:
     """Verified, decompressed frames cut into the pieces the guard lets through.
 
-    Runs in the prefetch thread: checking the headers of the next frame overlaps with tar
-    writing the files of this one, so tar never waits for the guard.
+    Runs in the prefetch thread, a slice at a time: tar starts on the first megabyte while
+    the guard reads the next, and never waits for a whole frame to be checked.
     """
     for chunk in reader.payload():
-        yield len(chunk), guard.feed(chunk)
+        view = memoryview(chunk)
+        for start in range(0, len(view), SLICE_SIZE):
+            piece = view[start:start + SLICE_SIZE]
+            yield len(piece), guard.feed(piece)
     guard.finish()
 
 

@@ -19,7 +19,7 @@ from kiln.image.errors import ManifestError
 MANIFEST_VERSION = 1
 MIN_FRAME_SIZE = 4096
 MAX_FRAME_SIZE = 256 * 1024 * 1024
-DEFAULT_FRAME_SIZE = 16 * 1024 * 1024
+DEFAULT_FRAME_SIZE = 8 * 1024 * 1024
 
 _PRODUCT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VARIANT = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
