@@ -40,11 +40,15 @@ PRUNE = (
 # Extension modules whose libraries the ramdisk leaves out on purpose.
 PRUNE_GLOBS = ("usr/lib/python3.11/lib-dynload/nis.*", "usr/lib/python3.11/lib-dynload/_dbm.*",
                "**/*.a")
-INIT_SCRIPT = f"""#!/usr/bin/{PYTHON} -I
-from initramfs.init import main
 
-main()
-"""
+
+def init_script(python: str) -> str:
+    """PID 1's entry point, `/init`, run by `python`: the one text both ramdisks carry (the
+    buildroot tree's post-build script writes it through `python -m initramfs.buildroot`)."""
+    return f"#!{python} -I\nfrom initramfs.init import main\n\nmain()\n"
+
+
+INIT_SCRIPT = init_script(f"/usr/bin/{PYTHON}")
 
 
 def assemble(tree: Path, *, debs: DebianPackages, packages: Sequence[DebPackage],

@@ -7,6 +7,7 @@ import ctypes
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,8 +16,8 @@ from kiln.process import CommandError, minimal_environment, run
 
 log = logging.getLogger(__name__)
 
-UDEVD = "/lib/systemd/systemd-udevd"
-EARLY_MODULES = ("efivarfs",)
+# Where udevd lives: Debian's udev package, then buildroot's eudev (`--sbindir=/sbin`).
+UDEVD_PATHS = ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd", "/sbin/udevd")
 _RB_AUTOBOOT = 0x01234567
 _RB_POWER_OFF = 0x4321FEDC
 
@@ -63,6 +64,13 @@ def early_mounts() -> None:
             log.warning("%s", e)
 
 
+def find_udevd(candidates: Sequence[str] = UDEVD_PATHS) -> str:
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return path
+    raise BootSystemError(f"no udev daemon: none of {', '.join(candidates)} is executable")
+
+
 def start_udev(*, settle_timeout: float = 120) -> float:
     """Start udevd, replay the kernel's device events and wait until they are handled.
 
@@ -70,7 +78,7 @@ def start_udev(*, settle_timeout: float = 120) -> float:
     grace period.
     """
     started = time.monotonic()
-    run([UDEVD, "--daemon", "--resolve-names=never"], timeout=60)
+    run([find_udevd(), "--daemon", "--resolve-names=never"], timeout=60)
     run(["udevadm", "trigger", "--type=subsystems", "--action=add"], timeout=60)
     run(["udevadm", "trigger", "--type=devices", "--action=add"], timeout=60)
     run(["udevadm", "settle", f"--timeout={int(settle_timeout)}"], timeout=settle_timeout + 30)
