@@ -23,7 +23,9 @@ from typing import Any, Literal
 import zstandard
 
 from kiln.image.envelope import ENVELOPE_MARK, HEADER, SKIPPABLE_MAGIC, encode_envelope
+from kiln.image.errors import ImageError
 from kiln.image.manifest import Compression, Frame, Manifest, PayloadKind
+from kiln.image.reader import ImageReader
 from kiln.image.signing import SIGNING_CONTEXT, SigningKey
 
 CREATED = "2026-11-01T00:00:00Z"
@@ -401,3 +403,14 @@ def differences(expected: dict[str, Node], actual: dict[str, Node]) -> list[str]
                     f"{path or '.'}: {name} {getattr(want, name)!r} != {getattr(got, name)!r}"
                 )
     return problems
+
+
+def read_until_error(reader: ImageReader) -> tuple[bytes, ImageError | None]:
+    """The payload the consumer received, and the error that stopped it (if one did)."""
+    received = bytearray()
+    try:
+        for chunk in reader.payload():
+            received += chunk
+    except ImageError as e:
+        return bytes(received), e
+    return bytes(received), None

@@ -19,6 +19,7 @@ from tests.kiln.image.helpers import (
     BuiltImage,
     make_image_from_payload,
     random_files,
+    read_until_error,
     silent_flip,
     tar_of_files,
 )
@@ -44,16 +45,6 @@ def open_http(url: str, trust: TrustStore, retry: RetryPolicy) -> ImageReader:
     reader = ImageReader.open(url, trust, retry=retry)
     assert isinstance(reader.source, HttpSource)
     return reader
-
-
-def read_until_error(reader: ImageReader) -> tuple[bytes, ImageError | None]:
-    received = bytearray()
-    try:
-        for chunk in reader.payload():
-            received += chunk
-    except ImageError as e:
-        return bytes(received), e
-    return bytes(received), None
 
 
 def frame_starts(image: BuiltImage) -> set[int]:

@@ -32,6 +32,7 @@ from tests.kiln.image.helpers import (
     make_image_from_payload,
     manifest_for,
     random_files,
+    read_until_error,
     signed_envelope_for_text,
     silent_flip,
     tar_of_files,
@@ -56,17 +57,6 @@ def write(tmp_path: Path, data: bytes) -> Path:
     path = tmp_path / "image.upd"
     path.write_bytes(data)
     return path
-
-
-def read_until_error(reader: ImageReader) -> tuple[bytes, BaseException | None]:
-    """The payload the consumer received, and the error that stopped it."""
-    received = bytearray()
-    try:
-        for chunk in reader.payload():
-            received += chunk
-    except ImageError as e:
-        return bytes(received), e
-    return bytes(received), None
 
 
 def test_a_good_image_verifies_and_yields_its_payload(
