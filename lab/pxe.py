@@ -13,14 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.httpd import GUEST_HOST
 from lab.spec import Nic
 
 BOOTFILE = "boot.ipxe"
-
-
-def guest_base_url(port: int) -> str:
-    return f"http://{GUEST_HOST}:{port}"
 
 
 @dataclass(frozen=True)

@@ -213,10 +213,6 @@ class Vm:
         return self.files.efi_vars
 
     @property
-    def disk_paths(self) -> tuple[Path, ...]:
-        return tuple(d.path for d in self.files.disks)
-
-    @property
     def pid(self) -> int:
         return self._process().process.pid
 
