@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from kiln.image.signing import TrustStore
 from kiln.progress import Progress
+from recovery.layout import RecoveryLayout
 from recovery.store import ImageStore, describe
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _store(arguments: argparse.Namespace) -> ImageStore:
-    trust = TrustStore.from_paths(arguments.trust or [arguments.root / "keys"])
+    trust = TrustStore.from_paths(arguments.trust or [RecoveryLayout(arguments.root).keys])
     return ImageStore(arguments.root, trust)
 
 

@@ -33,6 +33,10 @@ class RecoveryLayout:
         return self.root / "Image"
 
     @property
+    def quarantine(self) -> Path:
+        return self.images / "quarantine"
+
+    @property
     def logs(self) -> Path:
         return self.root / "log"
 

@@ -36,6 +36,7 @@ from kiln.image.signing import TrustStore
 from kiln.image.source import FileSource, RetryPolicy
 from kiln.progress import Progress, format_bytes
 from recovery.history import DEFAULT_FAILURE_LIMIT, ImageHistory
+from recovery.layout import RecoveryLayout
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +98,20 @@ class ImageStore:
         clock: Callable[[], float] = time.time,
     ):
         self.root = root
+        self.layout = RecoveryLayout(root)
         self.trust = trust
         self.failure_limit = failure_limit
-        self.image_dir = root / "Image"
-        self.quarantine_dir = self.image_dir / "quarantine"
+        self.image_dir = self.layout.images
+        self.quarantine_dir = self.layout.quarantine
         self.incoming_dir = self.image_dir / ".incoming"
-        self.history = ImageHistory(root / "state" / "image-history.json", clock=clock)
+        self.history = ImageHistory(self.layout.state / "image-history.json", clock=clock)
         self._clock = clock
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise changes between the OS's agent and anything else touching the store."""
-        (self.root / "state").mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "state" / ".store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self.layout.state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.state / ".store.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
