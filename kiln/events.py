@@ -29,6 +29,13 @@ from kiln.errors import KilnError
 from kiln.fsutil import atomic_write_bytes
 
 MAX_BATCH = 100
+# What one event may hold: the server stores no more, and refuses a batch that breaks these,
+# so the recorder keeps every event within them (a refused batch would be resent forever).
+MAX_SERIAL = 128
+MAX_RUN_ID = 64
+MAX_NAME = 255
+MAX_MESSAGE = 16 * 1024
+MAX_INTEGER = 2**63 - 1
 
 
 class EventError(KilnError):
@@ -98,14 +105,20 @@ class Event:
         known = required | {"message", "result", "level", "done", "total"}
         problems += [f"missing key '{key}'" for key in sorted(required - document.keys())]
         problems += [f"unknown key '{key}'" for key in sorted(document.keys() - known)]
-        for key in ("serial", "run_id", "name", "message"):
+        for key, limit in (("serial", MAX_SERIAL), ("run_id", MAX_RUN_ID), ("name", MAX_NAME),
+                           ("message", MAX_MESSAGE)):
             value = document.get(key, "")
             if not isinstance(value, str) or (key != "message" and key in document and not value):
                 problems.append(f"{key}: expected a non-empty string")
+            elif len(value) > limit:
+                problems.append(f"{key}: longer than {limit} characters")
+            elif "\x00" in value:
+                problems.append(f"{key}: contains a NUL character")
         for key in ("seq", "timestamp_ns"):
             value = document.get(key, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                problems.append(f"{key}: expected a non-negative integer")
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or not 0 <= value <= MAX_INTEGER:
+                problems.append(f"{key}: expected an integer from 0 to 2**63-1")
         kind = _choice(problems, "type", document.get("type"), EventType)
         result = _choice(problems, "result", document.get("result"), Result, optional=True)
         level = _choice(problems, "level", document.get("level"), Level, optional=True)
@@ -119,8 +132,8 @@ class Event:
         if kind is EventType.PROGRESS:
             for key, value in (("done", done), ("total", total)):
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                          or value < 0):
-                    problems.append(f"{key}: expected a non-negative integer or null")
+                                          or not 0 <= value <= MAX_INTEGER):
+                    problems.append(f"{key}: expected an integer from 0 to 2**63-1, or null")
         elif done is not None or total is not None:
             problems.append("only a progress event has done/total")
         if problems:
@@ -213,9 +226,20 @@ class EventSpool:
 
 
 def spools(directory: Path) -> list[EventSpool]:
-    """Every run's spool in `directory` (to flush what earlier runs could not send)."""
-    return [EventSpool(directory, path.name[len("events-"):-len(".jsonl")])
-            for path in sorted(directory.glob("events-*.jsonl"))]
+    """Every run's spool in `directory`, oldest activity first (to flush what earlier runs
+    could not send, in the order they happened)."""
+    paths = sorted(directory.glob("events-*.jsonl"), key=lambda path: path.stat().st_mtime_ns)
+    return [EventSpool(directory, path.name[len("events-"):-len(".jsonl")]) for path in paths]
+
+
+def fit_message(message: str) -> str:
+    """A message as the contract allows it: NUL shown as U+FFFD, cut to MAX_MESSAGE
+    characters with a marker (a tool's whole output must not make a batch unsendable)."""
+    message = message.replace("\x00", "\ufffd")
+    if len(message) <= MAX_MESSAGE:
+        return message
+    marker = f" … [{len(message) - MAX_MESSAGE + 64} characters cut]"
+    return message[:MAX_MESSAGE - 64] + marker
 
 
 class EventRecorder:
@@ -230,9 +254,10 @@ class EventRecorder:
         existing = self.spool.events()
         self._next_seq = existing[-1].seq + 1 if existing else 0
 
-    def _emit(self, kind: EventType, name: str, **fields: Any) -> Event:
+    def _emit(self, kind: EventType, name: str, *, message: str = "", **fields: Any) -> Event:
         event = Event(serial=self.serial, run_id=self.run_id, seq=self._next_seq,
-                      timestamp_ns=self._clock(), type=kind, name=name, **fields)
+                      timestamp_ns=self._clock(), type=kind, name=name,
+                      message=fit_message(message), **fields)
         self._next_seq += 1
         self.spool.append(event)
         return event

@@ -62,8 +62,8 @@ def test_a_malformed_event_lists_every_problem() -> None:
                          "type": "finish", "name": "x", "level": "loud", "extra": 1})
     problems = "\n".join(raised.value.problems)
     for expected in ("unknown key 'extra'", "serial: expected a non-empty string",
-                     "seq: expected a non-negative integer",
-                     "timestamp_ns: expected a non-negative integer",
+                     "seq: expected an integer from 0 to 2**63-1",
+                     "timestamp_ns: expected an integer from 0 to 2**63-1",
                      "level: \"loud\" is not one of", "a finish event needs a result"):
         assert expected in problems
     with pytest.raises(EventError, match="only a progress event has done/total"):
@@ -146,3 +146,31 @@ def test_spools_of_earlier_runs_are_found(tmp_path: Path) -> None:
     recorder(tmp_path, "a").start("x")
     recorder(tmp_path, "b").start("y")
     assert [spool.run_id for spool in spools(tmp_path)] == ["a", "b"]
+
+
+def test_the_contract_limits_what_an_event_holds() -> None:
+    document = {"serial": "s" * 129, "run_id": "r" * 65, "seq": 2**63, "timestamp_ns": 0,
+                "type": "log", "name": "a\x00b", "message": "m" * (16 * 1024 + 1),
+                "level": "info"}
+    with pytest.raises(EventError) as refused:
+        Event.from_json(document)
+    assert refused.value.problems == (
+        "serial: longer than 128 characters", "run_id: longer than 64 characters",
+        "name: contains a NUL character", "message: longer than 16384 characters",
+        "seq: expected an integer from 0 to 2**63-1")
+
+
+def test_the_recorder_keeps_every_event_sendable(tmp_path: Path) -> None:
+    """A tool's huge or binary output must not make a batch the server refuses forever."""
+    made = recorder(tmp_path)
+    event = made.log("manufacture", Level.ERROR, "x\x00y" + "z" * 40_000)
+    assert len(event.message) <= 16 * 1024
+    assert event.message.startswith("x\ufffdy")
+    assert event.message.endswith("characters cut]")
+    assert Event.from_json(event.to_json()) == event
+
+
+def test_spools_come_oldest_first(tmp_path: Path) -> None:
+    for run_id in ("zzz", "aaa", "mmm"):
+        recorder(tmp_path, run_id=run_id).log("boot", Level.INFO, "hello")
+    assert [spool.run_id for spool in spools(tmp_path)] == ["zzz", "aaa", "mmm"]
