@@ -1,4 +1,4 @@
-"""`kiln image …`: keygen, build, inspect, verify, extract."""
+"""`kiln image …`: keygen, build, inspect, verify, extract, push."""
 
 from __future__ import annotations
 
@@ -71,6 +71,27 @@ def add_commands(tree: CommandTree) -> None:
     extract_.add_argument("dest", type=Path, metavar="DEST")
     _trust_argument(extract_)
     extract_.set_defaults(handler=_extract)
+
+    push = image.add_parser("push", help="upload a signed image to a Kiln server")
+    push.add_argument("file", type=Path, metavar="FILE")
+    push.add_argument("--server", required=True, metavar="URL",
+                      help="the server's base URL, e.g. https://kiln.example:8443")
+    push.add_argument("--token", default=None,
+                      help="API token with the images:write scope (default: $KILN_TOKEN)")
+    push.add_argument("--ca-cert", type=Path, default=None, metavar="PEM",
+                      help="verify the server's TLS certificate against this CA")
+    push.set_defaults(handler=_push)
+
+
+def _push(arguments: argparse.Namespace) -> int:
+    # Imported here: requests costs start-up time the appliance's commands should not pay.
+    from kiln.image.push import push_image, summary, target_from  # noqa: PLC0415
+
+    target = target_from(arguments.server, token=arguments.token, ca_cert=arguments.ca_cert)
+    with Progress("push") as progress:
+        result = push_image(arguments.file, target, progress=progress)
+    print(summary(result))
+    return 0
 
 
 def _trust_argument(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,160 @@
+"""The appliance's side of the Kiln server: fetch manufData, report the unit, take its
+credentials, send events.
+
+`mfgurl=` carries the factory line's credentials (`https://PROFILE:LINE_KEY@server/mfg/
+PROFILE/manufData.json`); they go with every request to the same server as HTTP Basic, never
+into a log line. Trust: the first request verifies the server with `verify` (a CA file the
+ramdisk carries, or the system's store); once manufData is read and names a CA (`server.
+ca_pem`), every later request verifies against that CA only, so a factory LAN runs with its
+own pinned trust.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import requests
+
+from kiln.errors import KilnError
+from kiln.events import Event
+from kiln.manufdata import ManufData, ServerEndpoints, load_manufdata, resolve_url
+from kiln.resource import Closing
+
+TIMEOUT = (10, 60)  # connect, read
+
+
+class ServerError(KilnError):
+    """The server refused or could not be reached; the message says which and why."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class UnitCredentials:
+    admin_password: str = field(repr=False)
+    device_token: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitReport:
+    serial: str
+    variant: str | None
+    dmi: Mapping[str, str]
+    macs: Sequence[str]
+    hardware: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"serial": self.serial, "variant": self.variant, "dmi": dict(self.dmi),
+                "macs": list(self.macs), "hardware": dict(self.hardware)}
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """`https://user:key@host/p` → (`https://host/p`, (user, key))."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return clean, (unquote(parts.username), unquote(parts.password or ""))
+
+
+class ServerClient(Closing):
+    def __init__(self, mfgurl: str, *, verify: bool | str = True,
+                 session: requests.Session | None = None):
+        self.manufdata_url, self._line = split_credentials(mfgurl)
+        self._session = session or requests.Session()
+        self._verify: bool | str = verify
+        self._pinned_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.endpoints: ServerEndpoints | None = None
+
+    @property
+    def verify(self) -> bool | str:
+        return self._verify
+
+    def _request(self, method: str, url: str, *, what: str, **kwargs: Any) -> requests.Response:
+        auth = kwargs.pop("auth", self._line)
+        try:
+            response = self._session.request(method, url, auth=auth, verify=self._verify,
+                                             timeout=TIMEOUT, **kwargs)
+        except requests.exceptions.SSLError as e:
+            raise ServerError(f"{what}: the server's certificate does not verify against "
+                              f"{self._describe_trust()}: {e}") from None
+        except requests.RequestException as e:
+            raise ServerError(f"{what}: cannot reach {urlsplit(url).netloc}: {e}") from None
+        if not response.ok:
+            raise ServerError(f"{what}: the server answered {response.status_code}: "
+                              f"{_detail(response)}", status=response.status_code)
+        return response
+
+    def _describe_trust(self) -> str:
+        if self._pinned_dir is not None:
+            return "the CA manufData names"
+        return "the system's CAs" if self._verify is True else f"{self._verify}"
+
+    def manufdata(self) -> ManufData:
+        """Fetch and validate manufData; pin the CA it names for every later request."""
+        response = self._request("GET", self.manufdata_url, what="manufData")
+        manufdata = load_manufdata(response.content)
+        if manufdata.server is None:
+            raise ServerError("manufData names no server endpoints (server.events_url, …)")
+        self.endpoints = manufdata.server
+        if manufdata.server.ca_pem:
+            self._pin(manufdata.server.ca_pem)
+        return manufdata
+
+    def _pin(self, pem: str) -> None:
+        if self._pinned_dir is None:
+            self._pinned_dir = tempfile.TemporaryDirectory(prefix="kiln-ca-")
+        path = Path(self._pinned_dir.name) / "server-ca.pem"
+        path.write_text(pem)
+        self._verify = str(path)
+
+    def _endpoint(self, name: str) -> str:
+        if self.endpoints is None:
+            raise ServerError("read manufData first: it names the server's endpoints")
+        return resolve_url(self.manufdata_url, str(getattr(self.endpoints, name)))
+
+    def url_of(self, relative: str) -> str:
+        """A URL from manufData (files, hooks) made absolute; the line's credentials go with
+        requests through this client, not in the URL."""
+        return split_credentials(resolve_url(self.manufdata_url, relative))[0]
+
+    def report_unit(self, report: UnitReport) -> None:
+        self._request("POST", self._endpoint("units_url"), what="unit report",
+                      json=report.to_json())
+
+    def credentials(self, serial: str) -> UnitCredentials:
+        answer = self._request("POST", self._endpoint("credentials_url"), what="credentials",
+                               json={"serial": serial}).json()
+        return UnitCredentials(answer["admin_password"], answer["device_token"])
+
+    def send_events(self, batch: Sequence[Event]) -> None:
+        """A `kiln.events.Sender`: raises unless the server took the batch."""
+        self._request("POST", self._endpoint("events_url"), what="events",
+                      json={"events": [event.to_json() for event in batch]})
+
+    def close(self) -> None:
+        self._session.close()
+        if self._pinned_dir is not None:
+            self._pinned_dir.cleanup()
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason
+    if isinstance(body, dict) and "detail" in body:
+        problems = body.get("problems") or []
+        return str(body["detail"]) + "".join(f"\n  {problem}" for problem in problems)
+    return str(body)[:200]

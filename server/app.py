@@ -1,0 +1,96 @@
+"""The server application: `create_app(config)` builds one; `kiln server` runs it.
+
+Routes live in `server/routes/`, one module per area; each exposes `router`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError
+
+from server.config import ServerConfig
+from server.context import AppContext
+from server.crypto import Escrow
+from server.db.engine import make_engine
+from server.db.migrate import upgrade
+from server.errors import ApiError, api_error_handler, data_error_handler
+from server.metrics import Metrics
+from server.routes import events, health, images, mfg, operators, profiles, ui, units
+from server.store import BlobStore
+
+log = logging.getLogger("kiln.server")
+
+DESCRIPTION = """\
+The Kiln factory and fleet server. Factory lines fetch manufData and files under `/mfg/`
+(HTTP Basic: profile name and line key); units send events and erase certificates under
+`/api/v1/` (line key or their device token); operators use `/api/v1/` with
+`Authorization: Bearer kiln_…` tokens carrying scopes, or the web UI at `/ui/`.
+"""
+
+
+def prepare(config: ServerConfig) -> None:
+    """What happens once before serving, in the parent process: directories, the server
+    key, schema migrations."""
+    config.validate()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.store_dir.mkdir(parents=True, exist_ok=True)
+    BlobStore(config.store_dir).clean()  # uploads a crash cut off
+    config.effective_trust_dir.mkdir(parents=True, exist_ok=True)
+    Escrow.from_file(config.effective_secret_key_file, create=True)
+    engine = make_engine(config.effective_database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    engine = make_engine(config.effective_database_url)
+    context = AppContext(
+        config=config, engine=engine, metrics=Metrics(),
+        escrow=Escrow.from_file(config.effective_secret_key_file, create=False),
+    )
+    app = FastAPI(title="Kiln server", version="1", description=DESCRIPTION,
+                  docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+    app.state.context = context
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(DataError, data_error_handler)
+    for module in (health, mfg, events, units, profiles, images, operators, ui):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"),
+              name="static")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=303)
+
+    @app.middleware("http")
+    async def observe(request: Request,
+                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        elapsed = time.perf_counter() - started
+        route = request.scope.get("route")
+        template = getattr(route, "path", "(unmatched)")
+        context.metrics.requests.labels(request.method, template,
+                                        str(response.status_code)).observe(elapsed)
+        log.info("request", extra={
+            "method": request.method, "path": request.url.path, "route": template,
+            "status": response.status_code, "ms": round(elapsed * 1000, 2),
+            "remote": request.client.host if request.client else None})
+        return response
+
+    app.router.add_event_handler("shutdown", engine.dispose)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory in each worker process (`--workers N`)."""
+    return create_app(ServerConfig.from_environment())

@@ -1,0 +1,202 @@
+"""The server's tables (SQLAlchemy Core). Migrations in `migrations/` create them.
+
+Times are integers: nanoseconds since the epoch (`*_ns`), the unit the event contract uses,
+so SQLite and PostgreSQL compare and index them alike. JSON documents are stored as text.
+Every table that a tenant's devices or rollouts reach carries `tenant` (DDI is per tenant).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+MAX_BIGINT = 2**63 - 1  # the largest value a BigInteger column holds (and SQLite's INTEGER)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),  # scrypt, salted
+    Column("scopes", String(255), nullable=False),  # space-separated Scope values
+    Column("created_ns", BigInteger, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+)
+
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("id", String(32), primary_key=True),  # the public half: kiln_<id>_<secret>
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("secret_hash", String(64), nullable=False),  # sha256 of the secret half
+    Column("scopes", String(255), nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger),
+    Column("revoked_ns", BigInteger),
+)
+
+sessions = Table(
+    "sessions", metadata,
+    Column("id_hash", String(64), primary_key=True),  # sha256 of the cookie value
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+)
+
+profiles = Table(
+    "profiles", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("tenant", String(64), nullable=False, default="default"),
+    Column("document", Text, nullable=False),  # manufData JSON as the operator wrote it
+    Column("key_hash", String(64), nullable=False),  # the line key units authenticate with
+    Column("kernel_file", String(128)),  # boot files (names in `files`) for the iPXE script
+    Column("initrd_file", String(128)),
+    Column("kernel_args", String(512), nullable=False, default=""),
+    Column("revision", Integer, nullable=False, default=1),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+)
+
+files = Table(  # boot files and other blobs a profile names, by name
+    "files", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+images = Table(
+    "images", metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the signed manifest (image id)
+    Column("tenant", String(64), nullable=False, default="default"),
+    Column("sha256", String(64), nullable=False),  # of the whole file: where it is stored
+    Column("size", BigInteger, nullable=False),
+    Column("product", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("build", Integer, nullable=False),
+    Column("variants", Text, nullable=False),  # JSON list
+    Column("payload", String(32), nullable=False),
+    Column("key_ids", Text, nullable=False),  # JSON list of the keys that signed it
+    Column("created_ns", BigInteger, nullable=False),
+    Column("uploaded_by", String(64), nullable=False),
+)
+
+units = Table(
+    "units", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant", String(64), nullable=False, default="default"),
+    Column("serial", String(128), nullable=False),
+    Column("profile", String(64)),
+    Column("variant", String(64)),
+    Column("dmi", Text, nullable=False, default="{}"),
+    Column("macs", String(1024), nullable=False, default=""),  # space-separated, lower case
+    Column("hardware", Text, nullable=False, default="{}"),  # disks, cpu, memory as reported
+    Column("lifecycle", String(16)),  # manufacture | restore | erase (the latest run's)
+    Column("status", String(16)),  # started | succeeded | failed
+    Column("failure", Text),  # "stage: message" of the latest failed run
+    Column("device_token_hash", String(64)),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    Column("manufactured_ns", BigInteger),
+    UniqueConstraint("tenant", "serial", name="uq_units_tenant_serial"),
+    # Unit search: pages newest first (tenant, then the keyset order); the text columns make
+    # it covering for `q=` (part of a serial or MAC), which SQLite then scans without
+    # reading every row.
+    Index("ix_units_updated", "tenant", "updated_ns", "id", "serial", "macs", "profile",
+          "variant"),
+    Index("ix_units_status", "lifecycle", "status", "updated_ns"),
+    Index("ix_units_variant", "variant", "updated_ns"),
+    Index("ix_units_device_token", "device_token_hash"),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("unit_id", Integer, ForeignKey("units.id"), nullable=False),
+    Column("kind", String(16)),  # set by the run's top-level start event
+    Column("status", String(16)),
+    Column("failure", Text),
+    Column("started_ns", BigInteger),
+    Column("finished_ns", BigInteger),
+    Index("ix_runs_unit", "unit_id", "started_ns"),
+    Index("ix_runs_finished", "finished_ns"),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("unit_id", Integer, ForeignKey("units.id"), nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("timestamp_ns", BigInteger, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("result", String(16)),
+    Column("level", String(16)),
+    Column("done", BigInteger),
+    Column("total", BigInteger),
+    Column("received_ns", BigInteger, nullable=False),
+    UniqueConstraint("run_id", "seq", name="uq_events_run_seq"),
+    Index("ix_events_unit", "unit_id", "id"),
+)
+
+credentials = Table(
+    "credentials", metadata,
+    Column("unit_id", Integer, ForeignKey("units.id"), primary_key=True),
+    Column("sealed", LargeBinary, nullable=False),  # AES-256-GCM under the server key
+    Column("key_id", String(16), nullable=False),  # which server key sealed it
+    Column("created_ns", BigInteger, nullable=False),
+    Column("handed_out_ns", BigInteger),
+)
+
+qa_reports = Table(
+    "qa_reports", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("unit_id", Integer, ForeignKey("units.id"), nullable=False),
+    Column("run_id", String(64), nullable=False, unique=True),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("document", Text, nullable=False),
+    Index("ix_qa_reports_unit", "unit_id"),
+)
+
+erase_certificates = Table(
+    "erase_certificates", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("unit_id", Integer, ForeignKey("units.id"), nullable=False),
+    Column("run_id", String(64), nullable=False, unique=True),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("document", Text, nullable=False),
+    Index("ix_erase_certificates_unit", "unit_id"),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at_ns", BigInteger, nullable=False),
+    Column("actor", String(128), nullable=False),  # "user:alice", "token:ab12…", "unit:SN1"
+    Column("action", String(64), nullable=False),  # "credential.reveal", "image.push", …
+    Column("target", String(255), nullable=False),
+    Column("remote", String(64), nullable=False, default=""),
+    Column("details", Text, nullable=False, default="{}"),
+    Index("ix_audit_target", "target", "at_ns"),
+)
