@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from server.config import ServerConfig
 from server.context import AppContext
@@ -58,7 +60,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         escrow=Escrow.from_file(config.effective_secret_key_file, create=False),
     )
     app = FastAPI(title="Kiln server", version="1", description=DESCRIPTION,
-                  docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+                  docs_url=None, openapi_url="/api/openapi.json", redoc_url=None)
     app.state.context = context
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(DataError, data_error_handler)
@@ -66,6 +68,17 @@ def create_app(config: ServerConfig) -> FastAPI:
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"),
               name="static")
+
+    # The API docs page with Swagger UI served from here, not a CDN: a factory LAN is offline.
+    app.mount("/api/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/api/openapi.json", title="Kiln server API",
+            swagger_js_url="/api/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/api/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/api/docs/assets/favicon-32x32.png")
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

@@ -83,3 +83,13 @@ def test_the_openapi_document_lists_the_routes(client: TestClient) -> None:
     events = paths["/api/v1/events"]["post"]["requestBody"]["content"]["application/json"]
     assert events["schema"]["properties"]["events"]["maxItems"] == 100
     assert client.get("/api/docs").status_code == 200
+
+
+def test_the_api_docs_page_works_offline(client: TestClient) -> None:
+    """A factory LAN has no internet: Swagger UI comes from this server, not a CDN."""
+    page = client.get("/api/docs").text
+    assert "cdn." not in page
+    assert "/api/docs/assets/swagger-ui-bundle.js" in page
+    script = client.get("/api/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200
+    assert len(script.content) > 100_000
