@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.responses import JSONResponse
-from kiln.manufdata import load_manufdata, manufdata_schema
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 
 from kiln.contract import ContractError
+from kiln.manufdata import load_manufdata, manufdata_schema
 from server import audit
 from server.auth import Operator, Scope, require
 from server.context import context_of, now_ns
