@@ -12,7 +12,8 @@ JSON Schema (`json_schema`, draft 2020-12). Field types:
     Mapping[str, X]            a JSON object with free keys, held read-only as a
                                MappingProxyType (so such a model is not hashable);
                                dict[str, X] is accepted too and stays a dict
-    a frozen dataclass         a JSON object: unknown and missing keys are problems
+    a frozen dataclass         a JSON object: unknown and missing keys are problems, but
+                               keys starting with `_` are the author's notes and ignored
 
 Constraints sit in field metadata, `field(metadata=constraint(minimum=1))`. `min_items` and
 `max_items` bound a tuple or mapping, the others the value or each item. Patterns are
@@ -42,6 +43,7 @@ from typing import Any, Literal, TypeVar
 from kiln.errors import KilnError
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+COMMENT_PREFIX = "_"  # `"_note": "…"` anywhere in a document: ignored, never an error
 _KEY = "kiln.contract"
 _UNIONS = (typing.Union, types.UnionType)
 _MAPPINGS = (dict, Mapping)
@@ -289,7 +291,7 @@ class _Parser:
         mark, fields = self.broken, _fields(cls)
         names = {f.name for f, _, _ in fields}
         for key in value:
-            if key not in names:
+            if key not in names and not str(key).startswith(COMMENT_PREFIX):
                 self.problem(path, f"unknown key {key!r}")
         arguments: dict[str, Any] = {}
         for f, tp, rule in fields:
@@ -331,6 +333,7 @@ class _Schemas:
         described = {} if doc.startswith(f"{cls.__name__}(") else {
             "description": inspect.cleandoc(doc)}  # dataclass makes up a signature
         return {"title": cls.__name__, **described, "type": "object", "properties": properties,
+                "patternProperties": {f"^{COMMENT_PREFIX}": {}},
                 "required": required, "additionalProperties": False}
 
     def schema(self, tp: Any, rule: Constraint) -> dict[str, Any]:

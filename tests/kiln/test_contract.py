@@ -155,6 +155,16 @@ def test_unknown_and_missing_keys() -> None:
         "spare: unknown key 'size'", "spare: missing key 'size_bytes'")
 
 
+def test_keys_starting_with_an_underscore_are_notes() -> None:
+    document = {"_comment": "line 3, rev B", "version": 1, "name": "a",
+                "spare": {"size_bytes": 1, "_why": ["spare disk"]}}
+    assert parse(Box, document) == parse(Box, {"version": 1, "name": "a",
+                                               "spare": {"size_bytes": 1}})
+    jsonschema.validate(document, json_schema(Box))
+    assert problems(Box, {"version": 1, "name": "a", "comment_": 1}) == (
+        "unknown key 'comment_'",)
+
+
 def test_enum_problems_name_the_allowed_values() -> None:
     assert problems(Box, {"version": 1, "name": "a", "shade": "LIGHT"}) == (
         'shade: expected one of "light", "dark", got "LIGHT"',)
