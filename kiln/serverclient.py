@@ -22,6 +22,8 @@ import requests
 
 from kiln.errors import KilnError
 from kiln.events import Event
+from kiln.image.http import HttpSource
+from kiln.image.source import RetryPolicy
 from kiln.manufdata import ManufData, ServerEndpoints, load_manufdata, resolve_url
 from kiln.resource import Closing
 
@@ -128,6 +130,14 @@ class ServerClient(Closing):
         """A URL from manufData (files, hooks) made absolute; the line's credentials go with
         requests through this client, not in the URL."""
         return split_credentials(resolve_url(self.manufdata_url, relative))[0]
+
+    def source(self, relative: str, *, retry: RetryPolicy | None = None) -> HttpSource:
+        """A resumable byte source for a file manufData names, with the line's credentials
+        and the pinned trust (its own session: closing it leaves this client open)."""
+        session = requests.Session()
+        session.auth = self._line
+        return HttpSource(self.url_of(relative), session=session, verify=self._verify,
+                          retry=retry)
 
     def report_unit(self, report: UnitReport) -> None:
         self._request("POST", self._endpoint("units_url"), what="unit report",

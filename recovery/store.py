@@ -33,7 +33,7 @@ from kiln.image.errors import (
 from kiln.image.manifest import Manifest, sorted_newest_first
 from kiln.image.reader import ImageReader
 from kiln.image.signing import TrustStore
-from kiln.image.source import FileSource, RetryPolicy
+from kiln.image.source import ByteSource, FileSource, RetryPolicy
 from kiln.progress import Progress, format_bytes
 from recovery.history import DEFAULT_FAILURE_LIMIT, ImageHistory
 from recovery.layout import RecoveryLayout
@@ -192,15 +192,16 @@ class ImageStore:
     # Changing ----------------------------------------------------------------------------
 
     def add(
-        self, location: str | Path, *, retry: RetryPolicy | None = None,
+        self, location: str | Path | ByteSource, *, retry: RetryPolicy | None = None,
         progress: Progress | None = None,
     ) -> StoredImage:
-        """Copy an image (path or URL) into the store, frame by verified frame.
+        """Copy an image (a path, a URL, or an open source such as an authenticated
+        `HttpSource`) into the store, frame by verified frame.
 
         A copy interrupted earlier (power cut, network loss) is resumed at its last good
         frame. Nothing appears under `Image/` until the whole image is on disk and verified.
         """
-        with self.locked(), ImageReader.open(location, self.trust, retry=retry) as reader:
+        with self.locked(), self._reader(location, retry) as reader:
             manifest = reader.manifest
             for image in self.scan()[0]:
                 if image.image_id == reader.image_id:
@@ -238,6 +239,16 @@ class ImageStore:
             return StoredImage(
                 path=final, image_id=reader.image_id, key_id=reader.key_id, manifest=manifest
             )
+
+    def _reader(self, location: str | Path | ByteSource,
+                 retry: RetryPolicy | None) -> ImageReader:
+        if isinstance(location, str | Path):
+            return ImageReader.open(location, self.trust, retry=retry)
+        try:
+            return ImageReader(location, self.trust)
+        except BaseException:
+            location.close()
+            raise
 
     def _resume_point(self, partial: Path, reader: ImageReader) -> int:
         """How many leading frames of an earlier partial copy are intact (0: start over)."""
