@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -126,10 +125,8 @@ def install_keys(trust_dir: Path, layout: RecoveryLayout) -> list[Path]:
     return copied
 
 
-def write_state(layout: RecoveryLayout, *, identity: Identity, manufdata: ManufData,
-                device_token: str) -> None:
-    """`state/`: identity, the factory configuration, the server's endpoints, and the
-    device token (root only)."""
+def write_state(layout: RecoveryLayout, *, identity: Identity, manufdata: ManufData) -> None:
+    """`state/`: identity, the factory configuration and the server's endpoints."""
     layout.state.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, document: Any, mode: int = 0o644) -> None:
@@ -140,5 +137,3 @@ def write_state(layout: RecoveryLayout, *, identity: Identity, manufdata: ManufD
     write("factory.json", to_json(manufdata))
     if manufdata.server is not None:
         write("server.json", to_json(manufdata.server))
-    atomic_write_bytes(layout.state / "device-token", device_token.encode(), mode=0o600)
-    os.chmod(layout.state / "device-token", 0o600)

@@ -19,7 +19,9 @@ from kiln.download import DownloadError
 from kiln.events import EventRecorder
 from kiln.image.errors import SourceError
 from kiln.image.signing import SigningKey, TrustStore
-from kiln.serverclient import ServerClient
+from kiln.serverclient import ServerClient, UnitReport
+from kiln.shadow import verify
+from provision.credentials import ADMIN_HASH_FILE, DEVICE_TOKEN_FILE, store_credentials
 from provision.fill import Identity, fill_recovery, install_keys, write_state
 from recovery.layout import RecoveryLayout
 from recovery.store import ImageStore
@@ -119,10 +121,9 @@ def test_recovery_is_filled_and_verified(line: Line, tmp_path: Path, trust: Trus
     write_state(layout, identity=Identity(serial="SN-FILL", variant="edge-100",
                                           profile_url=client.manufdata_url, run_id="r1",
                                           manufactured_ns=1),
-                manufdata=manufdata, device_token=f"kilndev_{os.urandom(4).hex()}")
+                manufdata=manufdata)
     assert json.loads((layout.state / "identity.json").read_text())["serial"] == "SN-FILL"
     assert "line1:" not in (layout.state / "identity.json").read_text()
-    assert (layout.state / "device-token").stat().st_mode & 0o777 == 0o600
     assert json.loads((layout.state / "server.json").read_text())["events_url"].endswith(
         "/api/v1/events")
 
@@ -151,3 +152,28 @@ def test_a_missing_file_is_named(line: Line, tmp_path: Path, trust: TrustStore) 
     mfgurl = line.profile([line.image_spec(), line.kernel_spec(url="files/nope")])
     with pytest.raises(SourceError, match="404"):
         _fill(line, mfgurl, tmp_path, trust)
+
+
+def test_credentials_reach_recovery_as_a_hash_and_a_root_only_token(
+        line: Line, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    mfgurl = line.profile([line.image_spec()])
+    layout = RecoveryLayout(tmp_path / "rec")
+    recorder = EventRecorder(serial="SN-CRED", spool_dir=tmp_path / "spool")
+    with ServerClient(mfgurl) as client:
+        client.manufdata()
+        client.report_unit(UnitReport(serial="SN-CRED", variant="edge-100", dmi={}, macs=[],
+                                      hardware={}))
+        recorder.start("manufacture")
+        recorder.spool.flush(client.send_events)
+        store_credentials(client, serial="SN-CRED", layout=layout)
+    revealed = requests.post(f"{line.server.url}/api/v1/units/SN-CRED/credentials/reveal",
+                             headers=line.headers(), timeout=30).json()["admin_password"]
+    hashed = (layout.state / ADMIN_HASH_FILE).read_text().strip()
+    assert hashed.startswith("$6$") and verify(revealed, hashed)
+    token = (layout.state / DEVICE_TOKEN_FILE).read_text()
+    assert token.startswith("kilndev_")
+    for name in (ADMIN_HASH_FILE, DEVICE_TOKEN_FILE):
+        assert (layout.state / name).stat().st_mode & 0o777 == 0o600
+    everything = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+    assert revealed.encode() not in everything  # nowhere on RECOVERY, nor in the spool
+    assert revealed not in caplog.text

@@ -1,0 +1,25 @@
+"""The unit's credentials at manufacture: fetched from the server over the line's
+authenticated (and, with TLS, pinned) channel; the admin password reaches RECOVERY only as its
+SHA-512 crypt hash, for the restore path to write into the OS's /etc/shadow; the device token
+the agent needs is readable by root only. Neither is ever logged."""
+
+from __future__ import annotations
+
+import os
+
+from kiln.fsutil import atomic_write_bytes
+from kiln.serverclient import ServerClient
+from kiln.shadow import sha512_crypt
+from recovery.layout import RecoveryLayout
+
+ADMIN_HASH_FILE = "admin-password.sha512crypt"
+DEVICE_TOKEN_FILE = "device-token"  # noqa: S105 (a file name)
+
+
+def store_credentials(client: ServerClient, *, serial: str, layout: RecoveryLayout) -> None:
+    credentials = client.credentials(serial)
+    layout.state.mkdir(parents=True, exist_ok=True)
+    for name, text in ((ADMIN_HASH_FILE, sha512_crypt(credentials.admin_password) + "\n"),
+                       (DEVICE_TOKEN_FILE, credentials.device_token)):
+        atomic_write_bytes(layout.state / name, text.encode(), mode=0o600)
+        os.chmod(layout.state / name, 0o600)  # whatever the umask
