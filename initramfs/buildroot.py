@@ -70,6 +70,17 @@ TOOLS: Mapping[str, Provider] = {
     "hdparm": _br("HDPARM", debian="hdparm"),
     "tar": _br("TAR", debian="tar"),
     "dmidecode": _br("DMIDECODE", debian="dmidecode", via="python3-parted"),  # libparted2
+    # grub2 with its tools installed on the target (boot/grub2 in buildroot, not a package).
+    "grub-mkimage": Provider(("BR2_TARGET_GRUB2", "BR2_TARGET_GRUB2_INSTALL_TOOLS"),
+                             "grub-common"),
+    "grub-mkstandalone": Provider(("BR2_TARGET_GRUB2", "BR2_TARGET_GRUB2_INSTALL_TOOLS"),
+                                  "grub-common"),
+}
+# GRUB platform -> what builds it (with the tools, its modules land in /usr/lib/grub/).
+GRUB_PLATFORMS: Mapping[str, Provider] = {
+    "i386-pc": Provider(("BR2_TARGET_GRUB2", "BR2_TARGET_GRUB2_I386_PC"), "grub-pc-bin"),
+    "x86_64-efi": Provider(("BR2_TARGET_GRUB2", "BR2_TARGET_GRUB2_X86_64_EFI"),
+                           "grub-efi-amd64-bin"),
 }
 # The project's own modules (top level in kiln_packages) need only KILN_SYMBOL.
 PYTHON_MODULES: Mapping[str, Provider] = {
@@ -117,6 +128,9 @@ DEPENDS: Mapping[str, tuple[str, ...]] = {
     "BR2_SYSTEM_BIN_SH_BUSYBOX": ("BR2_PACKAGE_BUSYBOX",),
     "BR2_PACKAGE_KMOD_TOOLS": ("BR2_PACKAGE_KMOD",),
     "BR2_PACKAGE_DOSFSTOOLS_MKFS_FAT": ("BR2_PACKAGE_DOSFSTOOLS",),
+    "BR2_TARGET_GRUB2_INSTALL_TOOLS": ("BR2_TARGET_GRUB2",),
+    "BR2_TARGET_GRUB2_I386_PC": ("BR2_TARGET_GRUB2",),
+    "BR2_TARGET_GRUB2_X86_64_EFI": ("BR2_TARGET_GRUB2",),
 }
 # The tree's own files the defconfig must name.
 FILES = {"BR2_LINUX_KERNEL_CONFIG_FRAGMENT_FILES": FRAGMENT,
@@ -161,7 +175,8 @@ def read_make_variables(path: Path) -> dict[str, str]:
 def check_parity(tree: Path, contents: RamdiskContents = CONTENTS, *,
                  tools: Mapping[str, Provider] = TOOLS,
                  python_modules: Mapping[str, Provider] = PYTHON_MODULES,
-                 kernel_modules: Mapping[str, str] = KERNEL_MODULES) -> list[str]:
+                 kernel_modules: Mapping[str, str] = KERNEL_MODULES,
+                 grub_platforms: Mapping[str, Provider] = GRUB_PLATFORMS) -> list[str]:
     """Problems where the declaration, the tables above, the defconfig and the kernel
     fragment of the external tree at `tree` disagree; none when they agree."""
     defconfig, fragment = read_config(tree / DEFCONFIG), read_config(tree / FRAGMENT)
@@ -169,7 +184,8 @@ def check_parity(tree: Path, contents: RamdiskContents = CONTENTS, *,
     third_party = [m for m in contents.python_modules if m not in own]
     problems: list[str] = []
     for kind, declared, table in (("tool", contents.tools, tools),
-                                  ("python module", third_party, python_modules)):
+                                  ("python module", third_party, python_modules),
+                                  ("GRUB platform", contents.grub_platforms, grub_platforms)):
         for item in declared:
             if item not in table:
                 problems.append(f"{kind} {item!r} is declared in initramfs/contents.py, but "
@@ -197,7 +213,8 @@ def check_parity(tree: Path, contents: RamdiskContents = CONTENTS, *,
     problems += [f"initramfs/buildroot.py maps kernel module {module!r}, which "
                  "initramfs/contents.py does not declare"
                  for module in kernel_modules if module not in contents.kernel_modules]
-    providers = {p.via or p.debian for p in (*tools.values(), *python_modules.values())}
+    providers = {p.via or p.debian for p in (*tools.values(), *python_modules.values(),
+                                             *grub_platforms.values())}
     problems += [f"Debian package {package!r} provides nothing initramfs/contents.py "
                  "declares: declare what it is for, so that buildroot must provide it too"
                  for package in contents.debian_packages

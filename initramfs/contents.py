@@ -26,6 +26,8 @@ class RamdiskContents:
     kernel_modules: tuple[str, ...]
     # The project's own packages that run on the appliance.
     kiln_packages: tuple[str, ...]
+    # GRUB platforms the ramdisk builds boot images for (/usr/lib/grub/<platform>/: modules).
+    grub_platforms: tuple[str, ...] = ()
 
 
 CONTENTS = RamdiskContents(
@@ -35,6 +37,7 @@ CONTENTS = RamdiskContents(
         "python3-cryptography", "python3-zstandard",
         "udev", "kmod", "util-linux", "mount", "fdisk", "e2fsprogs", "dosfstools",
         "efibootmgr", "nvme-cli", "hdparm", "tar", "busybox-static", "ca-certificates",
+        "grub-common", "grub-pc-bin", "grub-efi-amd64-bin",  # boot setup (recovery.bootsetup)
     ),
     excluded_packages=(
         "adduser", "base-files", "debconf", "debianutils", "dpkg", "init-system-helpers",
@@ -58,7 +61,7 @@ CONTENTS = RamdiskContents(
     tools=(
         "sh", "mount", "umount", "switch_root", "modprobe", "udevadm", "blkid", "lsblk",
         "sfdisk", "partx", "wipefs", "mkfs.ext4", "e2fsck", "mkfs.vfat", "efibootmgr", "nvme",
-        "hdparm", "tar", "dmidecode",
+        "hdparm", "tar", "dmidecode", "grub-mkimage", "grub-mkstandalone",
     ),
     kernel_modules=(
         "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "virtio_rng",
@@ -69,4 +72,5 @@ CONTENTS = RamdiskContents(
         "nls_utf8", "efivarfs", "loop",
     ),
     kiln_packages=("kiln", "initramfs", "provision", "recovery", "erase"),
+    grub_platforms=("i386-pc", "x86_64-efi"),
 )

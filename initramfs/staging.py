@@ -183,6 +183,9 @@ def check(tree: Path, contents: RamdiskContents) -> list[str]:
     for tool in contents.tools:
         if not any((tree / d / tool).exists() for d in PATH_DIRS):
             problems.append(f"tool {tool!r} is not on PATH")
+    for platform in contents.grub_platforms:
+        if not (tree / "usr/lib/grub" / platform / "modinfo.sh").is_file():
+            problems.append(f"GRUB platform {platform!r} is missing (usr/lib/grub/{platform})")
     for module in contents.python_modules:
         top = module.split(".")[0]
         locations = [tree / "usr/lib/python3.11", tree / SITE,

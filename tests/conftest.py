@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from initramfs.builder import RamdiskBuild, build_ramdisk
 from kiln.image.signing import SigningKey, TrustStore, generate_keypair, load_signing_key
 from kiln.image.signing import load_public_key as load_public
+from lab import Lab
 
 
 class UnexpectedCommand(AssertionError):
@@ -64,6 +66,18 @@ def other_key(signing_dir: Path) -> SigningKey:
 @pytest.fixture(scope="session")
 def trust(signing_dir: Path) -> TrustStore:
     return TrustStore.of(load_public(signing_dir / "test.pub"))
+
+
+@pytest.fixture(scope="session")
+def ramdisk(signing_dir: Path) -> RamdiskBuild:
+    """The Kiln kernel and ramdisk, built once per session (cached across sessions by its
+    inputs); the tests that boot it (tests/initramfs, tests/recovery) share it."""
+    return build_ramdisk(keys=[signing_dir / "test.pub"])
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    return Lab.detect()
 
 
 @pytest.fixture

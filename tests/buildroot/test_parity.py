@@ -13,6 +13,7 @@ from initramfs.buildroot import (
     DEPENDS,
     ESSENTIALS,
     FRAGMENT,
+    GRUB_PLATFORMS,
     PYTHON_MODULES,
     TOOLS,
     BuildrootTreeError,
@@ -30,7 +31,8 @@ def test_the_tree_agrees_with_the_declaration() -> None:
 
 def test_every_symbol_the_tables_name_exists() -> None:
     known = shared_symbols(shared_symbols_file()) | defined_symbols(TREE)
-    named = {s for p in (*TOOLS.values(), *PYTHON_MODULES.values()) for s in p.symbols}
+    named = {s for p in (*TOOLS.values(), *PYTHON_MODULES.values(), *GRUB_PLATFORMS.values())
+             for s in p.symbols}
     named |= {*DEPENDS, *(s for parents in DEPENDS.values() for s in parents), *ESSENTIALS}
     assert named - known == set()
 
@@ -92,6 +94,19 @@ def test_a_symbol_for_an_undeclared_kernel_module_fails(tree: Path) -> None:
     assert check_parity(tree, contents) == [
         "initramfs/buildroot.py maps kernel module 'loop', which initramfs/contents.py does "
         "not declare"]
+
+
+def test_a_declared_grub_platform_without_a_provider_fails(tree: Path) -> None:
+    contents = replace(CONTENTS, grub_platforms=(*CONTENTS.grub_platforms, "i386-efi"))
+    assert check_parity(tree, contents) == [
+        "GRUB platform 'i386-efi' is declared in initramfs/contents.py, but "
+        "initramfs/buildroot.py does not say what provides it"]
+
+
+def test_a_grub_platform_that_is_not_built_fails(tree: Path) -> None:
+    edit(tree / DEFCONFIG, "BR2_TARGET_GRUB2_I386_PC=y\n", "")
+    assert check_parity(tree) == [
+        f"GRUB platform 'i386-pc' needs BR2_TARGET_GRUB2_I386_PC=y in {DEFCONFIG} (it is unset)"]
 
 
 # Mapped, but not enabled.

@@ -1,5 +1,5 @@
-"""The Kiln ramdisk, built once per session (and cached across sessions by its inputs), and
-disks a unit would have: a test root filesystem on PRIMARY, an empty RECOVERY."""
+"""Disks a unit would have: a test root filesystem on PRIMARY, an empty RECOVERY. (The Kiln
+ramdisk and the lab are session fixtures in tests/conftest.py.)"""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from initramfs.builder import RamdiskBuild, build_ramdisk
-from lab import Lab
 from lab.diskimage import Partition, PlacedPartition, build_disk_image
 
 TEST_ROOT_MARK = "KILN-TEST-ROOT: init reached as pid"
@@ -18,16 +14,6 @@ TEST_ROOT_INIT = f"""#!/bin/busybox sh
 /bin/busybox echo "{TEST_ROOT_MARK} $$"
 /bin/busybox poweroff -f
 """
-
-
-@pytest.fixture(scope="session")
-def ramdisk(signing_dir: Path) -> RamdiskBuild:
-    return build_ramdisk(keys=[signing_dir / "test.pub"])
-
-
-@pytest.fixture(scope="session")
-def lab() -> Lab:
-    return Lab.detect()
 
 
 def test_root_tree(root: Path, *, flag: bool) -> Path:
