@@ -2,13 +2,15 @@
 
 Order (DESIGN.md): `mfgurl=` → manufacture; a forced `kiln.mode=` → that mode; an erase
 request on RECOVERY → erase; PRIMARY carries `/boot.normal` and no restore is requested →
-normal boot; anything else → factory restore.
+normal boot; anything else → factory restore. A reason never carries the line key that
+`mfgurl=` holds (it reaches the console and RECOVERY's log).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from kiln.cmdline import ForcedMode, KernelCommandLine
 
@@ -51,9 +53,18 @@ _FORCED = {
 }
 
 
+def redacted(url: str) -> str:
+    """`http://line1:KEY@host/p` → `http://line1:***@host/p`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def decide(facts: BootFacts) -> Decision:
     if facts.cmdline.mfgurl:
-        return Decision(BootMode.MANUFACTURE, f"mfgurl={facts.cmdline.mfgurl}")
+        return Decision(BootMode.MANUFACTURE, f"mfgurl={redacted(facts.cmdline.mfgurl)}")
     if facts.cmdline.mode is not None:
         return Decision(_FORCED[facts.cmdline.mode], f"kiln.mode={facts.cmdline.mode}")
     if facts.erase_requested:

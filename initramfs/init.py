@@ -1,7 +1,8 @@
 """PID 1 of the Kiln ramdisk.
 
 Start-up: mount the kernel filesystems, read the command line, log to every console, start
-udev and wait for it to settle, mount RECOVERY (and log there too), decide the boot mode, act.
+udev and wait for it to settle, mount RECOVERY (and log there too), decide the boot mode, act:
+manufacture (`mfgurl=`) brings the network up and runs `provision.manufacture`, then reboots.
 PID 1 must never exit — that is a kernel panic — so every failure, expected or not, is logged
 with its traceback and ends in a reboot after a pause, or in a shell with `kiln.mode=shell`.
 """
@@ -15,18 +16,22 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from initramfs import system
+from initramfs import network, system
 from initramfs.console import RunLog, uptime
 from initramfs.decide import BootMode, Decision, decide
 from initramfs.selftest import init_started_at, run_selftest
 from initramfs.volumes import DeviceVolumes, gather_facts
 from kiln.cmdline import DebugAction, ForcedMode, KernelCommandLine, parse_cmdline
+from provision.manufacture import manufacture
+from provision.mfgsteps import LogHooks
 from recovery.layout import RecoveryLayout
 
 log = logging.getLogger("kiln.init")
 
 CRASH_PAUSE_SECONDS = 10.0
 NOT_BUILT_PAUSE_SECONDS = 5.0
+MANUFACTURED_PAUSE_SECONDS = 3.0
+MANUFACTURE_FAILED_PAUSE_SECONDS = 10.0
 
 
 class InjectedFailure(RuntimeError):
@@ -55,9 +60,34 @@ def act(decision: Decision, *, volumes: DeviceVolumes, run_log: RunLog,
         system.switch_root(volumes.sysroot)
     if decision.mode is BootMode.SHELL:
         shell_then_reboot(cmdline)
+    if decision.mode is BootMode.MANUFACTURE and cmdline.mfgurl:
+        run_manufacture(cmdline.mfgurl, volumes=volumes, run_log=run_log)
     log.warning("%s is not built into this ramdisk yet; rebooting in %.0f s",
                 decision.mode, NOT_BUILT_PAUSE_SECONDS)
     finish(volumes, run_log, pause=NOT_BUILT_PAUSE_SECONDS)
+
+
+def run_manufacture(mfgurl: str, *, volumes: DeviceVolumes, run_log: RunLog) -> NoReturn:
+    """Network, then the runner (`provision.manufacture`), then a reboot either way: the
+    next boot of a manufactured unit restores from RECOVERY."""
+    # An old RECOVERY (a unit manufactured again) must not be in use while it is replaced.
+    run_log.detach_recovery()
+    volumes.unmount_all()
+    try:
+        network.bring_up()
+    except network.NetworkError as e:
+        log.error("manufacture failed: %s; rebooting in %.0f s", e,
+                  MANUFACTURE_FAILED_PAUSE_SECONDS)
+        finish(volumes, run_log, pause=MANUFACTURE_FAILED_PAUSE_SECONDS)
+    outcome = manufacture(mfgurl=mfgurl, log_hooks=LogHooks(attach=run_log.attach_recovery,
+                                                            detach=run_log.detach_recovery))
+    if outcome.ok:
+        log.info("manufacture succeeded: %s; rebooting in %.0f s", outcome.message,
+                 MANUFACTURED_PAUSE_SECONDS)
+        finish(volumes, run_log, pause=MANUFACTURED_PAUSE_SECONDS)
+    log.error("manufacture failed: %s; rebooting in %.0f s",
+              "; ".join(outcome.message.splitlines()), MANUFACTURE_FAILED_PAUSE_SECONDS)
+    finish(volumes, run_log, pause=MANUFACTURE_FAILED_PAUSE_SECONDS)
 
 
 def shell_then_reboot(cmdline: KernelCommandLine) -> NoReturn:

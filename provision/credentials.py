@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from kiln.fsutil import atomic_write_bytes
-from kiln.serverclient import ServerClient
+from kiln.serverclient import ServerClient, UnitCredentials
 from kiln.shadow import sha512_crypt
 from recovery.layout import RecoveryLayout
 
@@ -17,7 +17,11 @@ DEVICE_TOKEN_FILE = "device-token"  # noqa: S105 (a file name)
 
 
 def store_credentials(client: ServerClient, *, serial: str, layout: RecoveryLayout) -> None:
-    credentials = client.credentials(serial)
+    write_credentials(client.credentials(serial), layout=layout)
+
+
+def write_credentials(credentials: UnitCredentials, *, layout: RecoveryLayout) -> None:
+    """Credentials fetched earlier (manufacture asks before any disk is touched) to `state/`."""
     layout.state.mkdir(parents=True, exist_ok=True)
     for name, text in ((ADMIN_HASH_FILE, sha512_crypt(credentials.admin_password) + "\n"),
                        (DEVICE_TOKEN_FILE, credentials.device_token)):

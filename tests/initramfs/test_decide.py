@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from initramfs.decide import BootFacts, BootMode, PrimaryState, decide
+from initramfs.decide import BootFacts, BootMode, PrimaryState, decide, redacted
 from initramfs.volumes import MountError, VolumeMissingError, gather_facts
 from kiln.cmdline import parse_cmdline
 
@@ -129,3 +129,9 @@ def test_shell_mode() -> None:
                       erase_requested=True, restore_requested=False,
                       primary=PrimaryState.READY)
     assert decide(facts).mode is BootMode.SHELL
+
+
+def test_the_line_key_in_mfgurl_never_reaches_the_reason() -> None:
+    assert redacted("http://line1:s3cret@10.0.2.2:8080/mfg/line1/manufData.json") == (
+        "http://line1:***@10.0.2.2:8080/mfg/line1/manufData.json")
+    assert redacted("http://server/m.json") == "http://server/m.json"

@@ -1,0 +1,255 @@
+"""The manufacture steps after validation, declared as data (`STEPS`), and the run's context.
+
+Each `Step` is an event stage `manufacture/<name>` that `provision.manufacture` runs in order;
+a step returns None (success) or a `StepNote` (e.g. a warning). Rules:
+
+- No step before `partition` writes to a disk; `credentials` comes first so a server that
+  refuses them leaves the disks untouched (the password stays in memory until `secrets`).
+- `partition`: firmware `auto` → UEFI when `/sys/firmware/efi` exists, else BIOS; one plan per
+  disk (`recovery.partitions.plan_layout`), applied with `recovery.partitioning.apply_plan`.
+- `mount`: RECOVERY's partition node (not its label: udev may not have caught up) is mounted
+  read-write; the event spool moves into its `log/` and the run's log file starts there.
+- `boot` is where boot setup (`recovery.bootsetup`, being written) will be called; until then
+  it finishes with a warning. `hooks` likewise: manufData's hook steps are not run yet.
+- `wipe`: PRIMARY's first MiB is zeroed and synced, so the next boot finds no PRIMARY file
+  system and restores the factory image from RECOVERY.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.events import EventRecorder, Result
+from kiln.image.signing import PUBLIC_KEY_SUFFIXES, TrustStore
+from kiln.manufdata import Firmware, ManufData
+from kiln.process import CommandError, run
+from kiln.serverclient import ServerClient, UnitCredentials
+from provision.credentials import write_credentials
+from provision.fill import Identity, fill_recovery, install_keys, write_state
+from provision.inventory import Disk
+from provision.validate import Validation
+from recovery.layout import RecoveryLayout
+from recovery.partitioning import AppliedDisk, apply_plan
+from recovery.partitions import PartitionRole, TargetDisk, plan_layout
+
+log = logging.getLogger(__name__)
+
+WIPE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Machine:
+    """Where the runner meets the system (tests may point it elsewhere)."""
+
+    root: Path = Path("/")  # the inventory reads root/sys and root/proc
+    trust_dir: Path = Path("/etc/kiln/keys")  # the ramdisk's trusted image-signing keys
+    work: Path = Path("/run/kiln/manufacture")  # the spool until RECOVERY exists, mounts
+    efi_dir: Path = Path("/sys/firmware/efi")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogHooks:
+    """PID 1's run log: started on RECOVERY once it is mounted, closed before unmounting."""
+
+    attach: Callable[[Path], object]
+    detach: Callable[[], object]
+
+
+@dataclass(kw_only=True)
+class RunState:
+    """One run's context: what earlier steps found for later ones (no globals)."""
+
+    machine: Machine
+    client: ServerClient
+    manufdata: ManufData
+    validation: Validation
+    recorder: EventRecorder
+    serial: str
+    variant_name: str | None
+    started_ns: int
+    log_hooks: LogHooks | None = None
+    credentials: UnitCredentials | None = field(default=None, repr=False)
+    applied: tuple[AppliedDisk, ...] = ()
+    recovery: Path | None = None  # RECOVERY's mount point once mounted
+
+    @property
+    def layout(self) -> RecoveryLayout:
+        if self.recovery is None:
+            raise RuntimeError("RECOVERY is not mounted yet")
+        return RecoveryLayout(self.recovery)
+
+    def node(self, role: PartitionRole) -> Path:
+        for applied in self.applied:
+            try:
+                return applied.node(role)
+            except KeyError:
+                continue
+        raise KeyError(f"no {role} partition was made")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepNote:
+    result: Result = Result.SUCCESS
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    name: str
+    description: str
+    run: Callable[[RunState], StepNote | None]
+    flush_after: bool = True
+    flush_required: bool = False
+
+
+def firmware_of(state: RunState) -> Firmware:
+    wanted = state.manufdata.layout.firmware
+    if wanted is not Firmware.AUTO:
+        return wanted
+    return Firmware.UEFI if state.machine.efi_dir.is_dir() else Firmware.BIOS
+
+
+def _target(disk: Disk, root: Path) -> TargetDisk:
+    sector = root / "sys/block" / disk.name / "queue/logical_block_size"
+    try:
+        size = int(sector.read_text())
+    except (OSError, ValueError):
+        size = 512
+    return TargetDisk(name=disk.path, size_bytes=disk.size_bytes, sector_size=size)
+
+
+def fetch_credentials(state: RunState) -> StepNote:
+    state.credentials = state.client.credentials(state.serial)
+    return StepNote(message="received (kept in memory until RECOVERY exists)")
+
+
+def partition(state: RunState) -> StepNote:
+    validation = state.validation
+    if validation.primary_disk is None:
+        raise RuntimeError("validation chose no primary disk")
+    firmware = firmware_of(state)
+    recovery = validation.recovery_disk
+    plans = plan_layout(state.manufdata.layout, firmware=firmware,
+                        primary=_target(validation.primary_disk, state.machine.root),
+                        recovery=_target(recovery, state.machine.root) if recovery else None,
+                        new_uuid=uuid.uuid4)
+    state.applied = tuple(apply_plan(plan, Path(plan.disk)) for plan in plans)
+    parts = "; ".join(f"{plan.disk} {plan.table}: " + ", ".join(
+        f"{p.label} {plan.size_bytes(p) >> 20} MiB" for p in plan.partitions) for plan in plans)
+    return StepNote(message=f"{firmware}: {parts}")
+
+
+def mount_recovery(state: RunState) -> StepNote:
+    node = state.node(PartitionRole.RECOVERY)
+    target = state.machine.work / "recovery"
+    target.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "ext4", "-o", "rw,noatime", node, target], timeout=120)
+    state.recovery = target
+    logs = state.layout.logs
+    logs.mkdir(parents=True, exist_ok=True)
+    old = state.recorder.spool
+    for path in (old.path, old.acked_path):
+        if path.exists():
+            shutil.copy2(path, logs / path.name)
+    state.recorder = EventRecorder(serial=state.serial, spool_dir=logs, run_id=old.run_id)
+    for path in (old.path, old.acked_path):
+        path.unlink(missing_ok=True)
+    if state.log_hooks is not None:
+        state.log_hooks.attach(logs)
+    return StepNote(message=f"{node} on {target}; events spooled in log/")
+
+
+def fill(state: RunState) -> StepNote:
+    trust = TrustStore.from_paths(sorted(
+        path for path in state.machine.trust_dir.iterdir() if path.suffix in
+        PUBLIC_KEY_SUFFIXES))
+    placed = fill_recovery(state.manufdata, client=state.client, layout=state.layout,
+                           trust=trust, recorder=state.recorder)
+    return StepNote(message=f"{len(placed)} file(s) placed")
+
+
+def keys(state: RunState) -> StepNote:
+    copied = install_keys(state.machine.trust_dir, state.layout)
+    return StepNote(message=", ".join(path.name for path in copied))
+
+
+def write_unit_state(state: RunState) -> StepNote:
+    identity = Identity(serial=state.serial, variant=state.variant_name or "",
+                        profile_url=state.client.manufdata_url,
+                        run_id=state.recorder.run_id, manufactured_ns=time.time_ns())
+    write_state(state.layout, identity=identity, manufdata=state.manufdata)
+    return StepNote(message="identity.json, factory.json, server.json")
+
+
+def secrets(state: RunState) -> StepNote:
+    if state.credentials is None:
+        raise RuntimeError("the credentials were not fetched")
+    write_credentials(state.credentials, layout=state.layout)
+    state.credentials = None
+    return StepNote(message="admin password hash and device token in state/")
+
+
+def boot_setup(state: RunState) -> StepNote:
+    # BOOT SETUP CALL POINT: `recovery.bootsetup` (being written) goes here, with
+    # firmware_of(state), state.applied and state.layout (kernel/initrd placed by `fill`).
+    return StepNote(result=Result.WARN,
+                    message=f"boot setup ({firmware_of(state)}) is not built in yet: "
+                            "this unit will not boot from its disk")
+
+
+def hooks(state: RunState) -> StepNote | None:
+    wanted = [hook.name for hook in state.manufdata.hooks
+              if not hook.variants or state.variant_name in hook.variants]
+    if not wanted:
+        return None
+    return StepNote(result=Result.WARN,
+                    message=f"hook steps are not run yet; skipped: {', '.join(wanted)}")
+
+
+def wipe_primary(state: RunState) -> StepNote:
+    node = state.node(PartitionRole.PRIMARY)
+    fd = os.open(node, os.O_WRONLY)
+    try:
+        os.write(fd, bytes(WIPE_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return StepNote(message=f"first {WIPE_BYTES >> 20} MiB of {node} zeroed: the next boot "
+                            "restores")
+
+
+def unmount_recovery(state: RunState) -> None:
+    if state.recovery is None:
+        return
+    if state.log_hooks is not None:
+        state.log_hooks.detach()
+    os.sync()
+    try:
+        run(["umount", state.recovery], timeout=120)
+    except CommandError as e:
+        log.warning("cannot unmount RECOVERY: %s", e)
+    state.recovery = None
+
+
+STEPS = (
+    Step(name="credentials", description="the unit's credentials from the server",
+         run=fetch_credentials),
+    Step(name="partition", description="partition and format the disk(s)", run=partition),
+    Step(name="mount", description="mount RECOVERY, move the event spool there",
+         run=mount_recovery),
+    Step(name="recovery", description="download every file onto RECOVERY", run=fill),
+    Step(name="keys", description="trusted image-signing keys onto RECOVERY", run=keys),
+    Step(name="state", description="identity and factory configuration", run=write_unit_state),
+    Step(name="secrets", description="credentials onto RECOVERY", run=secrets),
+    Step(name="boot", description="boot setup", run=boot_setup),
+    Step(name="hooks", description="manufData's hook steps", run=hooks),
+    Step(name="wipe", description="wipe PRIMARY's start so the next boot restores",
+         run=wipe_primary),
+)

@@ -1,0 +1,75 @@
+"""The manufacture runner's pieces without a VM: the back-off for an absent server, the
+steps' order, and the DHCP lease → resolv.conf path of the ramdisk's network set-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from initramfs.network import Lease, read_lease, resolv_conf
+from kiln.serverclient import ServerError
+from provision.manufacture import Backoff, fetch_manufdata
+from provision.mfgsteps import STEPS
+
+
+class FlakyClient:
+    manufdata_url = "http://server/mfg/line1/manufData.json"
+
+    def __init__(self, errors: list[ServerError]):
+        self.errors = errors
+        self.calls = 0
+
+    def manufdata(self) -> Any:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return _FakeManufData()
+
+
+class _FakeManufData:
+    product = "demo"
+    files = ("a",)
+    variants = ("v",)
+
+
+def test_an_unreachable_server_is_retried_with_growing_waits() -> None:
+    client = FlakyClient([ServerError("down"), ServerError("down"), ServerError("5xx", status=503)])
+    waits: list[float] = []
+    found = fetch_manufdata(client, backoff=Backoff(first_seconds=1, max_seconds=3),  # type: ignore[arg-type]
+                            sleep=waits.append)
+    assert found is not None and client.calls == 4
+    assert waits == [1, 2, 3]
+
+
+def test_a_refusal_is_not_retried() -> None:
+    client = FlakyClient([ServerError("no such profile", status=404)])
+    with pytest.raises(ServerError, match="no such profile"):
+        fetch_manufdata(client, backoff=Backoff(), sleep=lambda _: None)  # type: ignore[arg-type]
+    assert client.calls == 1
+
+
+def test_the_back_off_gives_up_at_its_deadline() -> None:
+    client = FlakyClient([ServerError("down")] * 100)
+    with pytest.raises(ServerError, match="down"):
+        fetch_manufdata(client, backoff=Backoff(first_seconds=10, deadline_seconds=5),  # type: ignore[arg-type]
+                        sleep=lambda _: None)
+    assert client.calls == 1
+
+
+def test_no_step_before_partition_writes_and_credentials_come_first() -> None:
+    names = [step.name for step in STEPS]
+    assert names[0] == "credentials"
+    assert names.index("partition") < names.index("mount") < names.index("recovery")
+    assert names[-1] == "wipe"
+    assert "boot" in names  # where recovery.bootsetup is called
+
+
+def test_a_lease_becomes_resolv_conf(tmp_path: Path) -> None:
+    (tmp_path / "eth0").write_text("ip=10.0.2.15\nmask=24\nrouter=10.0.2.2\n"
+                                   "dns=10.0.2.3 10.0.2.4\ndomain=lab\n")
+    lease = read_lease(tmp_path / "eth0", interface="eth0")
+    assert lease == Lease(interface="eth0", address="10.0.2.15/24", routers=("10.0.2.2",),
+                          dns=("10.0.2.3", "10.0.2.4"), domain="lab")
+    assert resolv_conf(lease) == "search lab\nnameserver 10.0.2.3\nnameserver 10.0.2.4\n"
