@@ -9,8 +9,11 @@ a step returns None (success) or a `StepNote` (e.g. a warning). Rules:
   disk (`recovery.partitions.plan_layout`), applied with `recovery.partitioning.apply_plan`.
 - `mount`: RECOVERY's partition node (not its label: udev may not have caught up) is mounted
   read-write; the event spool moves into its `log/` and the run's log file starts there.
-- `boot` is where boot setup (`recovery.bootsetup`, being written) will be called; until then
-  it finishes with a warning. `hooks` likewise: manufData's hook steps are not run yet.
+- `boot`: GRUB with the normal, factory restore and data erase entries
+  (`recovery.bootsetup`) from the kernel and initrd manufData placed on RECOVERY (none named:
+  a warning, the unit will not boot its disk); on UEFI the ESP is mounted for it and Kiln's
+  NVRAM entries are made (`recovery.uefi_entries`). The consoles are the running kernel's.
+  `hooks`: manufData's hook steps are not run yet (a warning).
 - `wipe`: PRIMARY's first MiB is zeroed and synced, so the next boot finds no PRIMARY file
   system and restores the factory image from RECOVERY.
 """
@@ -28,16 +31,18 @@ from pathlib import Path
 
 from kiln.events import EventRecorder, Result
 from kiln.image.signing import PUBLIC_KEY_SUFFIXES, TrustStore
-from kiln.manufdata import Firmware, ManufData
+from kiln.manufdata import FileKind, Firmware, ManufData
 from kiln.process import CommandError, run
 from kiln.serverclient import ServerClient, UnitCredentials
 from provision.credentials import write_credentials
 from provision.fill import Identity, fill_recovery, install_keys, write_state
 from provision.inventory import Disk
 from provision.validate import Validation
+from recovery.bootsetup import install_boot
 from recovery.layout import RecoveryLayout
 from recovery.partitioning import AppliedDisk, apply_plan
 from recovery.partitions import PartitionRole, TargetDisk, plan_layout
+from recovery.uefi_entries import EspLocation, ensure_uefi_entries
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +201,53 @@ def secrets(state: RunState) -> StepNote:
     return StepNote(message="admin password hash and device token in state/")
 
 
+def _console_args(root: Path) -> str:
+    """The running kernel's `console=` arguments: the unit keeps the line's consoles."""
+    try:
+        words = (root / "proc/cmdline").read_text().split()
+    except OSError:
+        return ""
+    return " ".join(word for word in words if word.startswith("console="))
+
+
+def _boot_file(state: RunState, kind: FileKind) -> Path | None:
+    found = [spec for spec in state.manufdata.files if spec.kind is kind]
+    return state.layout.root / found[0].destination if found else None
+
+
 def boot_setup(state: RunState) -> StepNote:
-    # BOOT SETUP CALL POINT: `recovery.bootsetup` (being written) goes here, with
-    # firmware_of(state), state.applied and state.layout (kernel/initrd placed by `fill`).
-    return StepNote(result=Result.WARN,
-                    message=f"boot setup ({firmware_of(state)}) is not built in yet: "
-                            "this unit will not boot from its disk")
+    """The unit boots its disk into the Kiln ramdisk from RECOVERY (or the ESP): GRUB with
+    normal, factory restore and data erase entries; on UEFI also Kiln's NVRAM entries."""
+    kernel, initrd = _boot_file(state, FileKind.KERNEL), _boot_file(state, FileKind.INITRD)
+    if kernel is None or initrd is None:
+        return StepNote(result=Result.WARN,
+                        message="manufData names no kernel and initrd files: this unit will "
+                                "not boot from its disk")
+    firmware = firmware_of(state)
+    console = _console_args(state.machine.root)
+    role = PartitionRole.ESP if firmware is Firmware.UEFI else PartitionRole.RECOVERY
+    applied = next(disk for disk in state.applied if disk.plan.partition(role) is not None)
+    if firmware is Firmware.BIOS:
+        setup = install_boot(firmware=firmware, disk=applied.device, applied=applied,
+                             esp_mount=None, recovery_mount=state.layout.root, kernel=kernel,
+                             initrd=initrd, console_args=console)
+        return StepNote(message=f"GRUB in the MBR of {applied.device}, {setup.config}")
+    esp = state.machine.work / "esp"
+    esp.mkdir(parents=True, exist_ok=True)
+    # Explicit charsets: Debian's kernel defaults vfat to iocharset=ascii, a module the
+    # ramdisk does not carry (nls_utf8 and nls_cp437 it does).
+    run(["mount", "-t", "vfat", "-o", "iocharset=utf8,codepage=437",
+         applied.node(PartitionRole.ESP), esp], timeout=120)
+    try:
+        setup = install_boot(firmware=firmware, disk=applied.device, applied=applied,
+                             esp_mount=esp, recovery_mount=state.layout.root, kernel=kernel,
+                             initrd=initrd, console_args=console)
+    finally:
+        run(["umount", esp], timeout=120)
+    entries = ensure_uefi_entries(esp=EspLocation.from_plan(applied.plan),
+                                  console_args=console)
+    return StepNote(message=f"GRUB at {setup.loader.relative_to(esp)} on {applied.device}; "
+                            f"{len(entries)} Kiln NVRAM entries")
 
 
 def hooks(state: RunState) -> StepNote | None:

@@ -1,6 +1,8 @@
 """Manufacture end to end in QEMU: the real ramdisk PXE-boots with `mfgurl=` pointing at a
-real `kiln server`, validates the VM's hardware, partitions its disk, fills RECOVERY and
-reports; a unit that does not match its variant fails without a byte written to its disk."""
+real `kiln server`, validates the VM's hardware, partitions its disk, fills RECOVERY, sets up
+booting and reports; the unit then boots its own disk into the Kiln ramdisk, which restores
+(PRIMARY was wiped). A unit that does not match its variant fails without a byte written to
+its disk."""
 
 from __future__ import annotations
 
@@ -57,13 +59,21 @@ class Factory:
         return answer.json()
 
 
-def manufdata(image: Path, image_id: str) -> dict[str, Any]:
+def _boot_file(path: Path, name: str, kind: str) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {"url": f"files/{name}", "sha256": hashlib.sha256(data).hexdigest(),
+            "size_bytes": len(data), "destination": f"boot/{name}", "kind": kind}
+
+
+def manufdata(image: Path, image_id: str, ramdisk: RamdiskBuild) -> dict[str, Any]:
     data = image.read_bytes()
     return {
         "schema": 1, "product": "demo",
         "files": [{"url": f"images/{image_id}.upd", "sha256": hashlib.sha256(data).hexdigest(),
                    "size_bytes": len(data), "destination": "Image/demo-1.0.0.upd",
-                   "kind": "image"}],
+                   "kind": "image"},
+                  _boot_file(ramdisk.kernel, "vmlinuz", "kernel"),
+                  _boot_file(ramdisk.initrd, "initrd.zst", "initrd")],
         "variants": [{
             "name": "qemu-lab",
             "dmi": {"sys_vendor": "Kiln Lab", "product_name": "Lab Appliance"},
@@ -78,7 +88,7 @@ def manufdata(image: Path, image_id: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
-            signing_dir: Path) -> Iterator[Factory]:
+            signing_dir: Path, ramdisk: RamdiskBuild) -> Iterator[Factory]:
     work = tmp_path_factory.mktemp("factory")
     image, _manifest = build_test_image(work, [signing_key])
     port = free_port()
@@ -94,8 +104,13 @@ def factory(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
                                headers=headers, timeout=60)
         assert pushed.status_code == 201, pushed.text
         image_id = pushed.json()["id"]
+        for path, name in ((ramdisk.kernel, "vmlinuz"), (ramdisk.initrd, "initrd.zst")):
+            stored = requests.put(f"{server.url}/api/v1/files/{name}", data=path.read_bytes(),
+                                  headers=headers, timeout=60)
+            assert stored.ok, stored.text
         answer = requests.put(f"{server.url}/api/v1/profiles/line1", headers=headers,
-                              json={"manufdata": manufdata(image, image_id)}, timeout=30)
+                              json={"manufdata": manufdata(image, image_id, ramdisk)},
+                              timeout=30)
         assert answer.ok, answer.text
         key = requests.post(f"{server.url}/api/v1/profiles/line1/line-key", headers=headers,
                             timeout=30).json()["line_key"]
@@ -129,6 +144,17 @@ def boot_unit(lab: Lab, ramdisk: RamdiskBuild, work: Path, *, factory: Factory, 
     kiln_lines = "".join(line for line in console.splitlines() if "kiln:" in line)
     assert factory.line_key not in kiln_lines  # the kernel echoes its command line; Kiln not
     return disk, verdict.group(1), verdict.group(2)
+
+
+def boot_from_disk(lab: Lab, disk: Path, work: Path, *, firmware: Firmware,
+                   efi_vars: Path | None = None) -> str:
+    """Boot the manufactured disk (no network) and return the ramdisk's decision line."""
+    spec = VmSpec(firmware=firmware, boot=BootDevice.DISK, disks=(Disk(image=disk),),
+                  memory_mb=1024, no_reboot=True, efi_vars=efi_vars)
+    with lab.vm(spec) as vm:
+        decision = vm.wait_for(r"kiln: decision: ([a-z]+)", timeout=300)
+        (work / "disk-boot.txt").write_text(vm.console_text())
+    return decision.group(1)
 
 
 def sha256_of(path: Path) -> str:
@@ -188,7 +214,7 @@ def test_a_unit_is_manufactured_on_seabios(lab: Lab, ramdisk: RamdiskBuild, fact
                   "manufacture/recovery/Image/demo-1.0.0.upd", "manufacture/keys",
                   "manufacture/state", "manufacture/secrets", "manufacture/wipe"):
         assert finished.get(stage) == "success", (stage, finished)
-    assert finished["manufacture/boot"] == "warn"  # boot setup is not built in yet
+    assert finished["manufacture/boot"] == "success"
     report = factory.api(f"units/{serial}/qa-report")
     assert report["result"] == "pass" and report["serial"] == serial
     assert report["hardware"]["memory_bytes"] > 0
@@ -218,6 +244,11 @@ def test_a_unit_is_manufactured_on_seabios(lab: Lab, ramdisk: RamdiskBuild, fact
     with disk.open("rb") as handle:  # PRIMARY's start is wiped: the next boot restores
         handle.seek(primary["start"] * 512)
         assert handle.read(MIB) == bytes(MIB)
+    assert ext4_read(disk, rec, "/boot/vmlinuz", work=work) == ramdisk.kernel.read_bytes()
+    grub = ext4_read(disk, rec, "/boot/grub/grub.cfg", work=work).decode()
+    assert grub.count("menuentry") == 3 and "kiln.mode=erase" in grub
+    # The unit boots its own disk: SeaBIOS → the MBR → GRUB → the Kiln ramdisk → restore.
+    assert boot_from_disk(lab, disk, tmp_path, firmware=Firmware.BIOS) == "restore"
 
 
 def test_a_unit_with_too_little_memory_fails_and_its_disk_is_untouched(
@@ -257,3 +288,9 @@ def test_a_unit_is_manufactured_on_ovmf(lab: Lab, ramdisk: RamdiskBuild, factory
     rec = placed(table, 1, "RECOVERY")
     assert len(stored_images(disk, rec, work=work)) == 1
     assert "identity.json" in ext4_listing(disk, rec, "/state", work=work)
+    events = factory.api(f"units/{serial}/events")["events"]
+    boot = [e for e in events if e["type"] == "finish" and e["name"] == "manufacture/boot"]
+    assert boot[0]["result"] == "success" and "3 Kiln NVRAM entries" in boot[0]["message"]
+    # The same variable store: the firmware follows Kiln's NVRAM entry to the ramdisk.
+    assert boot_from_disk(lab, disk, tmp_path, firmware=Firmware.UEFI,
+                          efi_vars=tmp_path / "unit.vars") == "restore"
