@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,20 +70,14 @@ def line(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
     work = tmp_path_factory.mktemp("fill")
     image, _manifest = build_test_image(work, [signing_key])
     server = LiveServer(data_dir=work / "server")
-    (server.data_dir / "keys").mkdir(parents=True)
-    shutil.copy(signing_dir / "test.pub", server.data_dir / "keys" / "test.pub")
+    server.trust(signing_dir / "test.pub")
     server.run()
     with server:
         _password, token = server.admin()
-        headers = {"Authorization": f"Bearer {token}"}
-        pushed = requests.post(f"{server.url}/api/v1/images", data=image.read_bytes(),
-                               headers=headers, timeout=60)
-        assert pushed.status_code == 201, pushed.text
+        image_id = server.push_image(token, image)
         kernel = os.urandom(3 * 1024 * 1024 + 17)
-        answer = requests.put(f"{server.url}/api/v1/files/vmlinuz", data=kernel,
-                              headers=headers, timeout=60)
-        assert answer.ok, answer.text
-        yield Line(server, token, pushed.json()["id"], image, kernel)
+        server.put_file(token, "vmlinuz", kernel)
+        yield Line(server, token, image_id, image, kernel)
 
 
 def _fill(line: Line, mfgurl: str, root: Path, trust: TrustStore) -> tuple[list[Path],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,20 +93,14 @@ def factory(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
     port = free_port()
     server = LiveServer(data_dir=work / "server", port=port,
                         extra_args=("--public-url", f"http://10.0.2.2:{port}"))
-    (server.data_dir / "keys").mkdir(parents=True)
-    shutil.copy(signing_dir / "test.pub", server.data_dir / "keys" / "test.pub")
+    server.trust(signing_dir / "test.pub")
     server.run()
     with server:
         _password, token = server.admin()
         headers = {"Authorization": f"Bearer {token}"}
-        pushed = requests.post(f"{server.url}/api/v1/images", data=image.read_bytes(),
-                               headers=headers, timeout=60)
-        assert pushed.status_code == 201, pushed.text
-        image_id = pushed.json()["id"]
+        image_id = server.push_image(token, image)
         for path, name in ((ramdisk.kernel, "vmlinuz"), (ramdisk.initrd, "initrd.zst")):
-            stored = requests.put(f"{server.url}/api/v1/files/{name}", data=path.read_bytes(),
-                                  headers=headers, timeout=60)
-            assert stored.ok, stored.text
+            server.put_file(token, name, path.read_bytes())
         answer = requests.put(f"{server.url}/api/v1/profiles/line1", headers=headers,
                               json={"manufdata": manufdata(image, image_id, ramdisk)},
                               timeout=30)

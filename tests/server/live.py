@@ -10,6 +10,7 @@ Tests using it need `@pytest.mark.allow_commands("python")` (the server runs as
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +66,28 @@ class LiveServer:
                                 capture_output=True, text=True).stdout
         values = [line.rsplit(": ", 1)[1] for line in output.splitlines() if ": " in line]
         return values[1], values[2]
+
+    def trust(self, public_key: Path) -> None:
+        """Make uploads signed by `public_key`'s private half acceptable (before `run`)."""
+        keys = self.data_dir / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        shutil.copy(public_key, keys / public_key.name)
+
+    def push_image(self, token: str, image: Path) -> str:
+        """Upload a signed image; return its id."""
+        answer = requests.post(f"{self.url}/api/v1/images", data=image.read_bytes(),
+                               headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        if answer.status_code != 201:
+            raise RuntimeError(f"pushing {image} answered {answer.status_code}: {answer.text}")
+        image_id: str = answer.json()["id"]
+        return image_id
+
+    def put_file(self, token: str, name: str, data: bytes) -> None:
+        """Store a boot file (`/api/v1/files/NAME`)."""
+        answer = requests.put(f"{self.url}/api/v1/files/{name}", data=data,
+                              headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        if not answer.ok:
+            raise RuntimeError(f"storing {name} answered {answer.status_code}: {answer.text}")
 
     def run(self, *, timeout: float = 60) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
