@@ -137,6 +137,14 @@ def unit_detail(connection: Connection, unit: Any) -> dict[str, Any]:
     }
 
 
+def latest_qa_report(connection: Connection, unit_id: int) -> dict[str, Any] | None:
+    """The QA report of the unit's latest successful manufacture, if any."""
+    document = connection.execute(
+        select(qa_reports.c.document).where(qa_reports.c.unit_id == unit_id)
+        .order_by(qa_reports.c.created_ns.desc()).limit(1)).scalar()
+    return None if document is None else dict(json.loads(document))
+
+
 def event_json(row: Any) -> dict[str, Any]:
     document = {key: getattr(row, key) for key in (
         "id", "run_id", "seq", "timestamp_ns", "type", "name", "message", "received_ns")}

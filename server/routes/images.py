@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import ColumnElement, Engine, Table, delete, select, update
 from starlette.concurrency import run_in_threadpool
 
 from kiln.errors import KilnError
@@ -218,16 +218,17 @@ def download_image(request: Request, image_id: ImageId, _who: Reader) -> Respons
     return _serve_image(request, _image_row(request, image_id, tenant=TENANT))
 
 
-def _delete_image(context: AppContext, image_id: str, *, who: Operator, remote: str) -> bool:
+def _delete_row(context: AppContext, *, table: Table, condition: ColumnElement[bool],
+                action: str, target: str, who: Operator, remote: str) -> bool:
+    """Delete an image's or a file's row (audited), then its blob if nothing else names it."""
     store = store_of(context)
     with store.lock():
         with context.engine.begin() as connection:
-            sha256 = connection.execute(select(images.c.sha256).where(
-                images.c.id == image_id, images.c.tenant == TENANT)).scalar()
+            sha256 = connection.execute(select(table.c.sha256).where(condition)).scalar()
             if sha256 is None:
                 return False
-            connection.execute(delete(images).where(images.c.id == image_id))
-            audit.record(connection, actor=who.actor, action="image.delete", target=image_id,
+            connection.execute(delete(table).where(condition))
+            audit.record(connection, actor=who.actor, action=action, target=target,
                          remote=remote, details={"sha256": sha256})
         remove_if_unreferenced(context.engine, store, sha256=sha256)
     return True
@@ -236,8 +237,10 @@ def _delete_image(context: AppContext, image_id: str, *, who: Operator, remote: 
 @api.delete("/images/{image_id}", tags=["images"], status_code=204, response_class=Response,
             summary="Delete an image (its file goes when nothing else names the same bytes)")
 def delete_image(request: Request, image_id: ImageId, who: ImagesWriter) -> Response:
-    if not _delete_image(context_of(request), image_id, who=who,
-                         remote=audit.remote_of(request)):
+    if not _delete_row(context_of(request), table=images,
+                       condition=(images.c.id == image_id) & (images.c.tenant == TENANT),
+                       action="image.delete", target=image_id, who=who,
+                       remote=audit.remote_of(request)):
         raise not_found(f"image {image_id}")
     return Response(status_code=204)
 
@@ -313,25 +316,12 @@ def download_file(request: Request, name: FileName, _who: Reader) -> Response:
     return _serve_file(request, name)
 
 
-def _delete_file(context: AppContext, name: str, *, who: Operator, remote: str) -> bool:
-    store = store_of(context)
-    with store.lock():
-        with context.engine.begin() as connection:
-            sha256 = connection.execute(select(files.c.sha256)
-                                        .where(files.c.name == name)).scalar()
-            if sha256 is None:
-                return False
-            connection.execute(delete(files).where(files.c.name == name))
-            audit.record(connection, actor=who.actor, action="file.delete", target=name,
-                         remote=remote, details={"sha256": sha256})
-        remove_if_unreferenced(context.engine, store, sha256=sha256)
-    return True
-
-
 @api.delete("/files/{name}", tags=["files"], status_code=204, response_class=Response,
             summary="Delete a boot file")
 def delete_file(request: Request, name: FileName, who: FilesWriter) -> Response:
-    if not _delete_file(context_of(request), name, who=who, remote=audit.remote_of(request)):
+    if not _delete_row(context_of(request), table=files, condition=files.c.name == name,
+                       action="file.delete", target=name, who=who,
+                       remote=audit.remote_of(request)):
         raise not_found(f"file {name!r}")
     return Response(status_code=204)
 

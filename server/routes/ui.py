@@ -38,13 +38,14 @@ from server.auth import (
 )
 from server.context import context_of, now_ns
 from server.crypto import verify_password
-from server.db.schema import audit, erase_certificates, events, images, profiles, qa_reports, users
+from server.db.schema import audit, erase_certificates, events, images, profiles, users
 from server.ingest import Lifecycle, RunStatus
 from server.queries import (
     UnitFilter,
     day_summary,
     event_json,
     find_unit,
+    latest_qa_report,
     parse_cursor,
     search_units,
     start_of_today_ns,
@@ -415,13 +416,10 @@ def qa_page(request: Request, serial: str) -> Response:
         unit = find_unit(connection, TENANT, serial)
         if unit is None:
             return _not_found(request, who, f"Unit {serial!r}")
-        document = connection.execute(
-            select(qa_reports.c.document).where(qa_reports.c.unit_id == unit.id)
-            .order_by(qa_reports.c.created_ns.desc()).limit(1)).scalar()
-    if document is None:
+        report = latest_qa_report(connection, unit.id)
+    if report is None:
         return _not_found(request, who, f"A QA report for unit {serial!r} (it is written "
                                         "when a manufacture succeeds)")
-    report = json.loads(document)
     disk_columns, disks = disks_of(report.get("hardware"))
     return _page(request, "qa.html", who=who, serial=serial, report=report, disks=disks,
                  disk_columns=disk_columns)

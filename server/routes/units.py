@@ -17,13 +17,14 @@ from server import audit
 from server.auth import Operator, Scope, require
 from server.context import context_of, now_ns
 from server.crypto import EscrowError, unopenable
-from server.db.schema import MAX_BIGINT, credentials, erase_certificates, qa_reports
+from server.db.schema import MAX_BIGINT, credentials, erase_certificates
 from server.db.schema import audit as audit_table
 from server.errors import ApiError, not_found
 from server.queries import (
     UnitFilter,
     day_summary,
     find_unit,
+    latest_qa_report,
     parse_cursor,
     search_units,
     start_of_today_ns,
@@ -126,12 +127,10 @@ async def stream_unit_events(request: Request, serial: str, _who: Reader,
 def get_qa_report(request: Request, serial: str, _who: Reader) -> JSONResponse:
     with context_of(request).engine.connect() as connection:
         unit = _unit_or_404(connection, serial)
-        document = connection.execute(
-            select(qa_reports.c.document).where(qa_reports.c.unit_id == unit.id)
-            .order_by(qa_reports.c.created_ns.desc()).limit(1)).scalar()
-    if document is None:
+        report = latest_qa_report(connection, unit.id)
+    if report is None:
         raise not_found(f"a QA report for unit {serial!r}")
-    return JSONResponse(json.loads(document))
+    return JSONResponse(report)
 
 
 @router.get("/units/{serial}/erase-certificates", summary="The unit's erase certificates")
