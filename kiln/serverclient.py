@@ -11,6 +11,7 @@ own pinned trust.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,18 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     netloc = f"{host}:{parts.port}" if parts.port else host
     clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     return clean, (unquote(parts.username), unquote(parts.password or ""))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Probe:
+    """What a HEAD request says about a file before it is downloaded."""
+
+    url: str
+    size_bytes: int | None  # Content-Length, when the server sent one
+    sha256: str | None  # a strong ETag that is a sha256 (the Kiln server's), else None
+
+
+_SHA256_ETAG = re.compile(r'^"([0-9a-f]{64})"$')
 
 
 class ServerClient(Closing):
@@ -138,6 +151,16 @@ class ServerClient(Closing):
         session.auth = self._line
         return HttpSource(self.url_of(relative), session=session, verify=self._verify,
                           retry=retry)
+
+    def probe(self, relative: str) -> Probe:
+        """HEAD a file manufData names: is it there, how big, which sha256 (when the server
+        says)? Raises `ServerError` when it cannot be reached or is refused."""
+        url = self.url_of(relative)
+        response = self._request("HEAD", url, what=f"file {relative}", allow_redirects=True)
+        length = response.headers.get("Content-Length", "")
+        etag = _SHA256_ETAG.match(response.headers.get("ETag", ""))
+        return Probe(url=url, size_bytes=int(length) if length.isdigit() else None,
+                     sha256=etag.group(1) if etag else None)
 
     def report_unit(self, report: UnitReport) -> None:
         self._request("POST", self._endpoint("units_url"), what="unit report",

@@ -13,11 +13,15 @@
    validate` and `manufacture` finish `fail` with every mismatch, flushed, and NO disk is
    touched.
 4. **Disk steps** (`provision.mfgsteps.STEPS`, declared as data), each an event stage
-   `manufacture/<name>` logged to the console: credentials (the server hands them out only
-   while the run has started, so the start is flushed first, and before any disk is touched
-   so a refusal leaves the disks alone), partition, mount RECOVERY (the event spool moves to
+   `manufacture/<name>` logged to the console, with manufData's hooks at their points
+   (`provision.hooks`; `before_validate` hooks run before step 3's verdict, and the hardware
+   is read and reported again after them): files (every file reachable, its size and — from
+   the Kiln server — its sha256 as manufData says, or fail with the disks untouched),
+   credentials (the server hands them out only while the run has started, so the start is
+   flushed first, and before any disk is touched so a refusal leaves the disks alone),
+   partition, mount RECOVERY (the event spool moves to
    RECOVERY's `log/`: what the network could not take is flushed on a later boot), fill
-   RECOVERY, keys, state, credentials onto RECOVERY, boot setup, hooks, wipe PRIMARY's start.
+   RECOVERY, keys, state, credentials onto RECOVERY, boot setup, wipe PRIMARY's start.
 5. `manufacture` finish `success`, flushed; RECOVERY unmounted. Any exception on the way →
    `manufacture` finish `fail` with the error, a flush attempt, RECOVERY unmounted.
 
@@ -36,10 +40,19 @@ from dataclasses import dataclass, field
 
 from kiln.errors import KilnError
 from kiln.events import EventRecorder, Level, Result
-from kiln.manufdata import ManufData
+from kiln.manufdata import HookPoint, ManufData
 from kiln.serverclient import ServerClient, ServerError
+from provision.hooks import hooks_at, run_hooks
 from provision.inventory import Inventory, read_inventory, unit_report
-from provision.mfgsteps import STEPS, LogHooks, Machine, RunState, StepNote, unmount_recovery
+from provision.mfgsteps import (
+    STEPS,
+    LogHooks,
+    Machine,
+    RunState,
+    StepNote,
+    hook_context,
+    unmount_recovery,
+)
 from provision.validate import Validation, validate
 
 log = logging.getLogger(__name__)
@@ -120,10 +133,28 @@ def _report_validation(state: RunState, validation: Validation) -> None:
                            f"({len(validation.problems)} mismatch(es)):\n{problems}")
 
 
+def _before_validate(state: RunState, validation: Validation) -> Validation:
+    """Run the `before_validate` hooks (e.g. one that loads a driver); when any ran, the
+    hardware is read, validated and reported again."""
+    if not hooks_at(state.manufdata, HookPoint.BEFORE_VALIDATE, variant=state.variant_name):
+        return validation
+    run_hooks(state.manufdata, HookPoint.BEFORE_VALIDATE, hook_context(state))
+    inventory = read_inventory(state.machine.root)
+    validation = validate(state.manufdata, inventory)
+    state.validation = validation
+    state.variant_name = validation.variant.name if validation.variant else None
+    state.client.report_unit(unit_report(inventory, variant=state.variant_name))
+    return validation
+
+
 def _run_steps(state: RunState) -> None:
     # The server hands out credentials only once it has the run's top-level start.
     flush(state, required=True)
     for step in STEPS:
+        if isinstance(step, HookPoint):
+            if run_hooks(state.manufdata, step, hook_context(state)):
+                flush(state)
+            continue
         name = f"{TOP}/{step.name}"
         log.info("manufacture: %s: %s", step.name, step.description)
         started = time.monotonic()
@@ -186,6 +217,7 @@ def manufacture(*, mfgurl: str, machine: Machine | None = None,
                                            started_ns=time.time_ns())
                 state.log_hooks = log_hooks
                 try:
+                    validation = _before_validate(state, validation)
                     _report_validation(state, validation)
                 finally:
                     flush(state)

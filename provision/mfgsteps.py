@@ -3,8 +3,8 @@
 Each `Step` is an event stage `manufacture/<name>` that `provision.manufacture` runs in order;
 a step returns None (success) or a `StepNote` (e.g. a warning). Rules:
 
-- No step before `partition` writes to a disk; `credentials` comes first so a server that
-  refuses them leaves the disks untouched (the password stays in memory until `secrets`).
+- No step before `partition` writes to a disk; `credentials` comes before it so a server
+  that refuses them leaves the disks untouched (the password stays in memory until `secrets`).
 - `partition`: firmware `auto` → UEFI when `/sys/firmware/efi` exists, else BIOS; one plan per
   disk (`recovery.partitions.plan_layout`), applied with `recovery.partitioning.apply_plan`.
 - `mount`: RECOVERY's partition node (not its label: udev may not have caught up) is mounted
@@ -13,7 +13,10 @@ a step returns None (success) or a `StepNote` (e.g. a warning). Rules:
   (`recovery.bootsetup`) from the kernel and initrd manufData placed on RECOVERY (none named:
   a warning, the unit will not boot its disk); on UEFI the ESP is mounted for it and Kiln's
   NVRAM entries are made (`recovery.uefi_entries`). The consoles are the running kernel's.
-  `hooks`: manufData's hook steps are not run yet (a warning).
+- `files`: one HEAD per file and hook script (`provision.preflight`): every one missing or
+  not as manufData describes it is listed, and the run fails before a disk is touched.
+- Hook points (`kiln.manufdata.HookPoint`) sit between the steps; `provision.hooks` runs
+  manufData's scripts there (`before_validate` runs in `provision.manufacture`).
 - `wipe`: PRIMARY's first MiB is zeroed and synced, so the next boot finds no PRIMARY file
   system and restores the factory image from RECOVERY.
 """
@@ -31,12 +34,14 @@ from pathlib import Path
 
 from kiln.events import EventRecorder, Result
 from kiln.image.signing import PUBLIC_KEY_SUFFIXES, TrustStore
-from kiln.manufdata import FileKind, Firmware, ManufData
+from kiln.manufdata import FileKind, Firmware, HookPoint, ManufData
 from kiln.process import CommandError, run
 from kiln.serverclient import ServerClient, UnitCredentials
 from provision.credentials import write_credentials
 from provision.fill import Identity, fill_recovery, install_keys, write_state
+from provision.hooks import HookContext
 from provision.inventory import Disk
+from provision.preflight import check_sources
 from provision.validate import Validation
 from recovery.bootsetup import install_boot
 from recovery.layout import RecoveryLayout
@@ -250,13 +255,15 @@ def boot_setup(state: RunState) -> StepNote:
                             f"{len(entries)} Kiln NVRAM entries")
 
 
-def hooks(state: RunState) -> StepNote | None:
-    wanted = [hook.name for hook in state.manufdata.hooks
-              if not hook.variants or state.variant_name in hook.variants]
-    if not wanted:
-        return None
-    return StepNote(result=Result.WARN,
-                    message=f"hook steps are not run yet; skipped: {', '.join(wanted)}")
+def hook_context(state: RunState) -> HookContext:
+    return HookContext(client=state.client, recorder=state.recorder, work=state.machine.work,
+                       serial=state.serial, variant=state.variant_name,
+                       product=state.manufdata.product, recovery=state.recovery)
+
+
+def preflight(state: RunState) -> StepNote:
+    checked = check_sources(state.client, state.manufdata, variant=state.variant_name)
+    return StepNote(message=f"{checked} file(s) reachable, sizes and hashes as manufData says")
 
 
 def wipe_primary(state: RunState) -> StepNote:
@@ -284,18 +291,22 @@ def unmount_recovery(state: RunState) -> None:
     state.recovery = None
 
 
-STEPS = (
+STEPS: tuple[Step | HookPoint, ...] = (
+    HookPoint.AFTER_VALIDATE,
+    Step(name="files", description="every file manufData names can be had", run=preflight),
     Step(name="credentials", description="the unit's credentials from the server",
          run=fetch_credentials),
     Step(name="partition", description="partition and format the disk(s)", run=partition),
     Step(name="mount", description="mount RECOVERY, move the event spool there",
          run=mount_recovery),
+    HookPoint.AFTER_PARTITION,
     Step(name="recovery", description="download every file onto RECOVERY", run=fill),
+    HookPoint.AFTER_IMAGES,
     Step(name="keys", description="trusted image-signing keys onto RECOVERY", run=keys),
     Step(name="state", description="identity and factory configuration", run=write_unit_state),
     Step(name="secrets", description="credentials onto RECOVERY", run=secrets),
     Step(name="boot", description="boot setup", run=boot_setup),
-    Step(name="hooks", description="manufData's hook steps", run=hooks),
     Step(name="wipe", description="wipe PRIMARY's start so the next boot restores",
          run=wipe_primary),
+    HookPoint.BEFORE_REBOOT,
 )

@@ -3,13 +3,8 @@ the keys and the state, with progress events; wrong hashes and missing files ref
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -17,67 +12,16 @@ import requests
 from kiln.download import DownloadError
 from kiln.events import EventRecorder
 from kiln.image.errors import SourceError
-from kiln.image.signing import SigningKey, TrustStore
+from kiln.image.signing import TrustStore
 from kiln.serverclient import ServerClient, UnitReport
 from kiln.shadow import verify
 from provision.credentials import ADMIN_HASH_FILE, DEVICE_TOKEN_FILE, store_credentials
 from provision.fill import Identity, fill_recovery, install_keys, write_state
 from recovery.layout import RecoveryLayout
 from recovery.store import ImageStore
-from tests.server.conftest import example_manufdata
-from tests.server.live import LiveServer
-from tests.server.signed_images import build_test_image
+from tests.provision.serverline import Line
 
 pytestmark = pytest.mark.allow_commands("python", "tar")
-
-
-@dataclass(frozen=True)
-class Line:
-    server: LiveServer
-    token: str
-    image_id: str
-    image: Path
-    kernel: bytes
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def profile(self, files: list[dict[str, Any]]) -> str:
-        """Make (or replace) profile `line1` naming `files`; return its mfgurl."""
-        manufdata = example_manufdata() | {"files": files}
-        answer = requests.put(f"{self.server.url}/api/v1/profiles/line1", headers=self.headers(),
-                              json={"manufdata": manufdata}, timeout=30)
-        assert answer.ok, answer.text
-        key = requests.post(f"{self.server.url}/api/v1/profiles/line1/line-key",
-                            headers=self.headers(), timeout=30).json()["line_key"]
-        return self.server.url.replace("://", f"://line1:{key}@") + "/mfg/line1/manufData.json"
-
-    def image_spec(self, **changes: Any) -> dict[str, Any]:
-        data = self.image.read_bytes()
-        return {"url": f"images/{self.image_id}.upd", "sha256": hashlib.sha256(data).hexdigest(),
-                "size_bytes": len(data), "destination": "Image/demo-1.0.0.upd",
-                "kind": "image"} | changes
-
-    def kernel_spec(self, **changes: Any) -> dict[str, Any]:
-        return {"url": "files/vmlinuz", "sha256": hashlib.sha256(self.kernel).hexdigest(),
-                "size_bytes": len(self.kernel), "destination": "boot/vmlinuz",
-                "kind": "other"} | changes
-
-
-@pytest.fixture(scope="module")
-def line(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
-         signing_dir: Path) -> Iterator[Line]:
-    work = tmp_path_factory.mktemp("fill")
-    image, _manifest = build_test_image(work, [signing_key])
-    server = LiveServer(data_dir=work / "server")
-    server.trust(signing_dir / "test.pub")
-    server.run()
-    with server:
-        _password, token = server.admin()
-        image_id = server.push_image(token, image)
-        kernel = os.urandom(3 * 1024 * 1024 + 17)
-        server.put_file(token, "vmlinuz", kernel)
-        yield Line(server, token, image_id, image, kernel)
 
 
 def _fill(line: Line, mfgurl: str, root: Path, trust: TrustStore) -> tuple[list[Path],

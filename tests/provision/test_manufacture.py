@@ -11,7 +11,7 @@ import pytest
 from initramfs.network import Lease, read_lease, resolv_conf
 from kiln.serverclient import ServerError
 from provision.manufacture import Backoff, fetch_manufdata
-from provision.mfgsteps import STEPS
+from provision.mfgsteps import STEPS, Step
 
 
 class FlakyClient:
@@ -58,12 +58,15 @@ def test_the_back_off_gives_up_at_its_deadline() -> None:
     assert client.calls == 1
 
 
-def test_no_step_before_partition_writes_and_credentials_come_first() -> None:
-    names = [step.name for step in STEPS]
-    assert names[0] == "credentials"
+def test_files_and_credentials_are_checked_before_anything_is_written() -> None:
+    names = [step.name if isinstance(step, Step) else str(step) for step in STEPS]
+    assert names.index("files") < names.index("credentials") < names.index("partition")
     assert names.index("partition") < names.index("mount") < names.index("recovery")
-    assert names[-1] == "wipe"
-    assert "boot" in names  # where recovery.bootsetup is called
+    assert names.index("boot") < names.index("wipe")  # where recovery.bootsetup is called
+    assert names.index("after_validate") < names.index("partition")
+    assert names.index("mount") < names.index("after_partition") < names.index("recovery")
+    assert names.index("recovery") < names.index("after_images")
+    assert names[-1] == "before_reboot"
 
 
 def test_a_lease_becomes_resolv_conf(tmp_path: Path) -> None:
