@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab.httpd import HttpServer
+from lab.profile import LabUnit, lab_manufdata
 from lab.pxe import IpxeBoot, pxe_nic, write_ipxe_script
 from lab.spec import (
     DEFAULT_MAC,
@@ -36,13 +38,17 @@ _SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
 _SCALE = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
+def _size(text: str) -> int:
+    match = _SIZE.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 8G, 512M)")
+    return int(match.group(1)) * _SCALE[match.group(2).upper()]
+
+
 def parse_disk(text: str) -> Disk:
     """`SIZE[:virtio|ahci|nvme]`, e.g. `8G`, `512M:nvme`."""
     size_text, _, interface = text.partition(":")
-    match = _SIZE.match(size_text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"not a disk size: {size_text!r} (e.g. 8G, 512M)")
-    size = int(match.group(1)) * _SCALE[match.group(2).upper()]
+    size = _size(size_text)
     try:
         kind = DiskInterface(interface.strip().lower() or DiskInterface.VIRTIO.value)
     except ValueError:
@@ -86,6 +92,44 @@ def add_commands(tree: CommandTree) -> None:
     boot.add_argument("--keep", action="store_true",
                       help="keep the VM's work dir (console log, disks, UEFI vars)")
     boot.set_defaults(handler=_boot)
+
+    profile = lab.add_parser(
+        "profile", help="print a manufData profile for lab VMs (the body of PUT "
+                        "/api/v1/profiles/NAME)",
+        description="Print the JSON body that creates a manufData profile for lab VMs: variant "
+                    "qemu-lab (the lab's SMBIOS, memory ± 10 %%, one primary disk, one NIC), "
+                    "the image from the server's store and the Kiln kernel and ramdisk as "
+                    "boot files, with sizes and sha256 computed from the files given.")
+    profile.add_argument("--image", type=Path, required=True, help="the .upd pushed to the server")
+    profile.add_argument("--image-id", required=True,
+                         help="its id on the server (what `kiln image push` printed)")
+    profile.add_argument("--ramdisk", type=Path, required=True, metavar="DIR",
+                         help="the ramdisk build stored as files/vmlinuz and files/initrd.zst")
+    profile.add_argument("--memory", type=int, default=1024, metavar="MB",
+                         help="the unit's memory (default 1024)")
+    profile.add_argument("--disk-min", type=_size, default="3G", metavar="SIZE",
+                         help="the primary disk's smallest size (default 3G)")
+    profile.add_argument("--disk-max", type=_size, default="5G", metavar="SIZE",
+                         help="its largest size (default 5G)")
+    profile.add_argument("--recovery", type=_size, default="512M", metavar="SIZE",
+                         help="RECOVERY's size (default 512M)")
+    profile.set_defaults(handler=_profile)
+
+
+def _profile(arguments: argparse.Namespace) -> int:
+    ramdisk: Path = arguments.ramdisk
+    files = (arguments.image, ramdisk / "vmlinuz", ramdisk / "initrd.zst")
+    for file in files:
+        if not file.is_file():
+            print(f"kiln lab profile: {file} is not a file", file=sys.stderr)
+            return 2
+    unit = LabUnit(memory_bytes=arguments.memory * 1024 * 1024,
+                   disk_min_bytes=arguments.disk_min, disk_max_bytes=arguments.disk_max,
+                   recovery_bytes=arguments.recovery)
+    document = lab_manufdata(image=files[0], image_id=arguments.image_id, kernel=files[1],
+                             initrd=files[2], unit=unit)
+    print(json.dumps({"manufdata": document}, indent=2))
+    return 0
 
 
 def _boot(arguments: argparse.Namespace) -> int:
