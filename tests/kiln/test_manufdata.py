@@ -359,3 +359,9 @@ def test_models_built_in_python_are_checked() -> None:
     with pytest.raises(ContractError, match=r"variants\[0\]\.name"):
         check(broken)
     assert parse(ManufData, copy.deepcopy(to_json(manufdata))) == manufdata
+
+
+def test_the_published_schema_is_the_models() -> None:
+    published = Path(__file__).parents[2] / "docs" / "manufdata.schema.json"
+    assert json.loads(published.read_text()) == manufdata_schema(), \
+        "docs/manufdata.schema.json is stale: kiln manufdata schema > docs/manufdata.schema.json"
