@@ -27,7 +27,8 @@
 
 Events are spooled before they are sent (`kiln.events`): until RECOVERY exists the spool is on
 the ramdisk's /run. A failed flush is logged and retried at the next flush point; only the
-flush before the credentials is required.
+flush before the credentials is required (tried again three times over 14 s, then the run
+fails with its disks untouched).
 """
 
 from __future__ import annotations
@@ -106,16 +107,29 @@ def fetch_manufdata(client: ServerClient, *, backoff: Backoff,
         return manufdata
 
 
-def flush(state: RunState, *, required: bool = False) -> bool:
-    try:
-        sent = state.recorder.spool.flush(state.client.send_events)
-    except (ServerError, OSError) as e:
-        if required:
-            raise
-        log.warning("manufacture: events stay spooled for later: %s", e)
-        return False
-    log.debug("manufacture: %d event(s) sent", sent)
-    return True
+REQUIRED_FLUSH_WAITS = (2.0, 4.0, 8.0)  # a required flush tries again after these
+
+
+def flush(state: RunState, *, required: bool = False,
+          sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Send the spooled events. A failure is logged and the events stay spooled for the next
+    flush; a `required` flush tries again (`REQUIRED_FLUSH_WAITS`) and then raises."""
+    waits = list(REQUIRED_FLUSH_WAITS) if required else []
+    while True:
+        try:
+            sent = state.recorder.spool.flush(state.client.send_events)
+        except (ServerError, OSError) as e:
+            if not waits:
+                if required:
+                    raise
+                log.warning("manufacture: events stay spooled for later: %s", e)
+                return False
+            delay = waits.pop(0)
+            log.warning("manufacture: cannot send events (%s); trying again in %.0f s", e, delay)
+            sleep(delay)
+            continue
+        log.debug("manufacture: %d event(s) sent", sent)
+        return True
 
 
 def _report_validation(state: RunState, validation: Validation) -> None:

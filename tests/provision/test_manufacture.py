@@ -4,13 +4,15 @@ steps' order, and the DHCP lease → resolv.conf path of the ramdisk's network s
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from initramfs.network import Lease, read_lease, resolv_conf
+from kiln.events import EventRecorder
 from kiln.serverclient import ServerError
-from provision.manufacture import Backoff, fetch_manufdata
+from provision.manufacture import Backoff, fetch_manufdata, flush
 from provision.mfgsteps import STEPS, Step
 
 
@@ -76,3 +78,40 @@ def test_a_lease_becomes_resolv_conf(tmp_path: Path) -> None:
     assert lease == Lease(interface="eth0", address="10.0.2.15/24", routers=("10.0.2.2",),
                           dns=("10.0.2.3", "10.0.2.4"), domain="lab")
     assert resolv_conf(lease) == "search lab\nnameserver 10.0.2.3\nnameserver 10.0.2.4\n"
+
+
+class _FlakyEvents:
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.batches: list[int] = []
+
+    def send_events(self, batch: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ServerError("events: cannot reach server")
+        self.batches.append(len(batch))
+
+
+def _state(tmp_path: Path, client: _FlakyEvents) -> Any:
+    recorder = EventRecorder(serial="SN-FLUSH", spool_dir=tmp_path)
+    recorder.start("manufacture", "run")
+    return SimpleNamespace(recorder=recorder, client=client)
+
+
+def test_a_required_flush_tries_again_before_it_gives_up(tmp_path: Path) -> None:
+    client = _FlakyEvents(failures=2)
+    waits: list[float] = []
+    assert flush(_state(tmp_path / "a", client), required=True, sleep=waits.append)
+    assert waits == [2.0, 4.0] and client.batches == [1]
+
+    never = _FlakyEvents(failures=100)
+    with pytest.raises(ServerError, match="cannot reach"):
+        flush(_state(tmp_path / "b", never), required=True, sleep=waits.append)
+    assert never.failures == 100 - 4  # the first try and three more
+
+
+def test_an_optional_flush_keeps_the_events_for_later(tmp_path: Path) -> None:
+    client = _FlakyEvents(failures=1)
+    state = _state(tmp_path, client)
+    assert not flush(state, sleep=lambda _: pytest.fail("an optional flush never waits"))
+    assert flush(state) and client.batches == [1]
