@@ -122,11 +122,11 @@ def _finish(vm: Vm, work: Path, *, mfgurl: str, name: str) -> Verdict:
     return Verdict(verdict.group(1), verdict.group(2), console)
 
 
-def boot_unit(lab: Lab, ramdisk: RamdiskBuild, work: Path, *, mfgurl: str, serial: str,
-              memory_mb: int, firmware: Firmware = Firmware.BIOS) -> tuple[Path, Verdict]:
-    """PXE-boot a unit with a blank 4 GiB disk; return the disk and the verdict."""
-    disk = work / "unit.img"
-    blank_disk(disk)
+@contextmanager
+def pxe_unit(lab: Lab, ramdisk: RamdiskBuild, work: Path, *, mfgurl: str, serial: str,
+             disk: Path, memory_mb: int, firmware: Firmware = Firmware.BIOS) -> Iterator[Vm]:
+    """Start a unit that PXE-boots the Kiln ramdisk with `mfgurl=` (iPXE from QEMU's TFTP,
+    the kernel and ramdisk over HTTP). Yields the running VM."""
     (work / "http").mkdir()
     with HttpServer(work / "http") as http:
         http.publish(ramdisk.kernel, "vmlinuz")
@@ -138,7 +138,17 @@ def boot_unit(lab: Lab, ramdisk: RamdiskBuild, work: Path, *, mfgurl: str, seria
                       smbios=Smbios(serial=serial),
                       efi_vars=work / "unit.vars" if firmware is Firmware.UEFI else None)
         with lab.vm(spec) as vm:
-            return disk, _finish(vm, work, mfgurl=mfgurl, name="console")
+            yield vm
+
+
+def boot_unit(lab: Lab, ramdisk: RamdiskBuild, work: Path, *, mfgurl: str, serial: str,
+              memory_mb: int, firmware: Firmware = Firmware.BIOS) -> tuple[Path, Verdict]:
+    """PXE-boot a unit with a blank 4 GiB disk; return the disk and the verdict."""
+    disk = work / "unit.img"
+    blank_disk(disk)
+    with pxe_unit(lab, ramdisk, work, mfgurl=mfgurl, serial=serial, disk=disk,
+                  memory_mb=memory_mb, firmware=firmware) as vm:
+        return disk, _finish(vm, work, mfgurl=mfgurl, name="console")
 
 
 @contextmanager

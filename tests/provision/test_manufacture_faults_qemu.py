@@ -7,6 +7,7 @@ manufacturing the same unit again."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,21 @@ def test_a_server_down_at_start_is_waited_for_and_a_cut_download_resumes(
     assert factory.api(f"units/{serial}")["status"] == "succeeded"
 
 
+def _hook(factory: Factory, name: str, script: str, **fields: Any) -> dict[str, Any]:
+    data = script.encode()
+    factory.server.put_file(factory.token, f"{name}.sh", data)
+    return {"name": name, "url": f"files/{name}.sh",
+            "sha256": hashlib.sha256(data).hexdigest()} | fields
+
+
 def _two_disks(factory: Factory) -> dict[str, Any]:
     document = _line1(factory)
+    document["hooks"] = [
+        _hook(factory, "mark", '#!/bin/sh\necho "marking $KILN_SERIAL"\n'
+                               'echo "$KILN_VARIANT" > "$KILN_RECOVERY/hook-was-here"\n',
+              point="after_partition"),
+        _hook(factory, "label", "#!/bin/sh\necho printer offline >&2\nexit 4\n",
+              point="before_reboot", on_failure="warn")]
     document["variants"][0]["disks"] = [
         {"role": "primary", "transport": "nvme", "min_size_bytes": 3 * GIB,
          "max_size_bytes": 5 * GIB},
@@ -187,6 +201,13 @@ def test_two_disks_recovery_on_its_own_and_an_nvme_primary_then_manufactured_aga
     assert len(stored_images(recovery_image, rec, work=work)) == 1
     identity = json.loads(ext4_read(recovery_image, rec, "/state/identity.json", work=work))
     assert identity["serial"] == serial
+    # The hooks ran in the unit: one wrote to RECOVERY, one failed with on_failure warn.
+    assert ext4_read(recovery_image, rec, "/hook-was-here", work=work) == b"qemu-lab\n"
+    assert f"hook mark: marking {serial}" in first.console
+    finished = _finished(factory, serial)
+    assert finished["manufacture/hooks/mark"]["result"] == "success"
+    assert finished["manufacture/hooks/label"]["result"] == "warn"
+    assert "exited with status 4" in finished["manufacture/hooks/label"]["message"]
     # SeaBIOS boots the RECOVERY disk's MBR → GRUB → the Kiln ramdisk, which restores.
     assert boot_from_disk(lab, disks, tmp_path, firmware=Firmware.BIOS) == "restore"
 
