@@ -29,7 +29,8 @@ def partial_path(destination: Path) -> Path:
     return destination.with_name(destination.name + ".partial")
 
 
-def _hash_file(path: Path, *, limit: int | None = None) -> str:
+def hash_file(path: Path, *, limit: int | None = None) -> str:
+    """The sha256 of a file as the disk holds it: its cached pages are dropped first."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
@@ -64,7 +65,7 @@ def download_verified(source: ByteSource, destination: Path, *, sha256: str, siz
                       progress: Progress | None = None) -> Path:
     """Copy `size` bytes whose sha256 is `sha256` from `source` to `destination`."""
     if destination.is_file() and destination.stat().st_size == size \
-            and _hash_file(destination) == sha256:
+            and hash_file(destination) == sha256:
         return destination  # already there (a re-run of manufacture)
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(destination)
@@ -91,7 +92,7 @@ def download_verified(source: ByteSource, destination: Path, *, sha256: str, siz
                             f"expected {sha256}; the copy was deleted")
     os.replace(partial, destination)
     fsync_directory(destination.parent)
-    landed = _hash_file(destination)
+    landed = hash_file(destination)
     if landed != sha256:
         destination.unlink()
         raise DownloadError(f"{destination}: what landed on the disk hashes to {landed}, not "
