@@ -29,6 +29,9 @@ from kiln.manufdata import ManufData, ServerEndpoints, load_manufdata, resolve_u
 from kiln.resource import Closing
 
 TIMEOUT = (10, 60)  # connect, read
+# Events are small and the server answers them at once; a network that went away must not
+# hold the unit up for long: the events stay spooled and go with the next flush.
+EVENTS_TIMEOUT = (5, 15)
 
 
 class ServerError(KilnError):
@@ -98,9 +101,10 @@ class ServerClient(Closing):
 
     def _request(self, method: str, url: str, *, what: str, **kwargs: Any) -> requests.Response:
         auth = kwargs.pop("auth", self._line)
+        timeout = kwargs.pop("timeout", TIMEOUT)
         try:
             response = self._session.request(method, url, auth=auth, verify=self._verify,
-                                             timeout=TIMEOUT, **kwargs)
+                                             timeout=timeout, **kwargs)
         except requests.exceptions.SSLError as e:
             raise ServerError(f"{what}: the server's certificate does not verify against "
                               f"{self._describe_trust()}: {e}") from None
@@ -174,7 +178,8 @@ class ServerClient(Closing):
     def send_events(self, batch: Sequence[Event]) -> None:
         """A `kiln.events.Sender`: raises unless the server took the batch."""
         self._request("POST", self._endpoint("events_url"), what="events",
-                      json={"events": [event.to_json() for event in batch]})
+                      json={"events": [event.to_json() for event in batch]},
+                      timeout=EVENTS_TIMEOUT)
 
     def close(self) -> None:
         self._session.close()

@@ -22,8 +22,9 @@
    partition, mount RECOVERY (the event spool moves to
    RECOVERY's `log/`: what the network could not take is flushed on a later boot), fill
    RECOVERY, keys, state, credentials onto RECOVERY, boot setup, wipe PRIMARY's start.
-5. `manufacture` finish `success`, flushed; RECOVERY unmounted. Any exception on the way →
-   `manufacture` finish `fail` with the error, a flush attempt, RECOVERY unmounted.
+5. `manufacture` finish `success`, flushed (tried for up to two minutes: the line wants the
+   record); RECOVERY unmounted. Any exception on the way → `manufacture` finish `fail` with
+   the error, the same flush, RECOVERY unmounted.
 
 Events are spooled before they are sent (`kiln.events`): until RECOVERY exists the spool is on
 the ramdisk's /run. A failed flush is logged and retried at the next flush point; only the
@@ -108,23 +109,27 @@ def fetch_manufdata(client: ServerClient, *, backoff: Backoff,
 
 
 REQUIRED_FLUSH_WAITS = (2.0, 4.0, 8.0)  # a required flush tries again after these
+# The last flush before the reboot: the line wants the unit's record, so it waits up to two
+# minutes for the server; what is still unsent then stays on RECOVERY for a later boot.
+FINAL_FLUSH_WAITS = (2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0)
 
 
-def flush(state: RunState, *, required: bool = False,
+def flush(state: RunState, *, required: bool = False, waits: tuple[float, ...] = (),
           sleep: Callable[[float], None] = time.sleep) -> bool:
     """Send the spooled events. A failure is logged and the events stay spooled for the next
-    flush; a `required` flush tries again (`REQUIRED_FLUSH_WAITS`) and then raises."""
-    waits = list(REQUIRED_FLUSH_WAITS) if required else []
+    flush, after trying again after each of `waits`; a `required` flush tries again
+    (`REQUIRED_FLUSH_WAITS`) and then raises."""
+    pending = list(REQUIRED_FLUSH_WAITS if required else waits)
     while True:
         try:
             sent = state.recorder.spool.flush(state.client.send_events)
         except (ServerError, OSError) as e:
-            if not waits:
+            if not pending:
                 if required:
                     raise
                 log.warning("manufacture: events stay spooled for later: %s", e)
                 return False
-            delay = waits.pop(0)
+            delay = pending.pop(0)
             log.warning("manufacture: cannot send events (%s); trying again in %.0f s", e, delay)
             sleep(delay)
             continue
@@ -237,7 +242,7 @@ def manufacture(*, mfgurl: str, machine: Machine | None = None,
                     flush(state)
                 _run_steps(state)
                 state.recorder.finish(TOP, Result.SUCCESS, f"in {time.monotonic() - started:.0f} s")
-                sent = flush(state)
+                sent = flush(state, waits=FINAL_FLUSH_WAITS)
                 unmount_recovery(state)
                 message = f"unit {state.serial} manufactured in {time.monotonic() - started:.1f} s"
                 return Outcome(ok=True, serial=state.serial, message=message, events_sent=sent)
@@ -257,7 +262,7 @@ def _failed(state: RunState | None, error: BaseException) -> Outcome:
     if state is not None:
         try:
             state.recorder.finish(TOP, Result.FAIL, text)
-            sent = flush(state)
+            sent = flush(state, waits=FINAL_FLUSH_WAITS)
         except BaseException as e:  # the spool or the server failed too
             log.error("manufacture: could not record the failure: %s", e)
         unmount_recovery(state)

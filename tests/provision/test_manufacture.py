@@ -115,3 +115,13 @@ def test_an_optional_flush_keeps_the_events_for_later(tmp_path: Path) -> None:
     state = _state(tmp_path, client)
     assert not flush(state, sleep=lambda _: pytest.fail("an optional flush never waits"))
     assert flush(state) and client.batches == [1]
+
+
+def test_the_last_flush_waits_for_the_server_then_leaves_the_rest_spooled(
+        tmp_path: Path) -> None:
+    waits: list[float] = []
+    client = _FlakyEvents(failures=100)
+    state = _state(tmp_path, client)
+    assert not flush(state, waits=(1.0, 2.0), sleep=waits.append)
+    assert waits == [1.0, 2.0] and client.failures == 97
+    assert len(list(state.recorder.spool.events())) == 1  # still there for a later boot

@@ -1,8 +1,8 @@
 """Manufacture when things go wrong, and on other disk set-ups, in QEMU on the fast `-kernel`
 path (the firmware is not what is under test here; test_manufacture_qemu.py PXE-boots both):
-malformed manufData, files that cannot be had, a disk too small, a server down at start and
-a download cut mid-way, two disks with RECOVERY on its own (an NVMe primary), and
-manufacturing the same unit again."""
+malformed manufData, files that cannot be had, a disk too small, a server down at start, a
+network gone mid-way and a download cut mid-way, two disks with RECOVERY on its own (an NVMe
+primary), and manufacturing the same unit again."""
 
 from __future__ import annotations
 
@@ -53,6 +53,13 @@ def _finished(factory: Factory, serial: str) -> dict[str, dict[str, Any]]:
 def sha256_of_blank_disk(path: Path, size: int = 4 * GIB) -> str:
     blank_disk(path, size)
     return sha256_of(path)
+
+
+def _hook(factory: Factory, name: str, script: str, **fields: Any) -> dict[str, Any]:
+    data = script.encode()
+    factory.server.put_file(factory.token, f"{name}.sh", data)
+    return {"name": name, "url": f"files/{name}.sh",
+            "sha256": hashlib.sha256(data).hexdigest()} | fields
 
 
 def test_malformed_manufdata_fails_with_every_problem_and_no_write(
@@ -113,14 +120,21 @@ def test_a_disk_too_small_for_the_variant_fails_validation(
     assert sha256_of(disk) == blank
 
 
-def test_a_server_down_at_start_is_waited_for_and_a_cut_download_resumes(
+def test_a_server_down_at_start_a_network_gone_mid_way_and_a_cut_download(
         lab: Lab, ramdisk: RamdiskBuild, factory: Factory, tmp_path: Path) -> None:
+    """The server is down when the unit starts (it waits, saying so); the network goes away
+    after RECOVERY is mounted (events stay on RECOVERY and arrive later, none lost); the
+    ramdisk's download is cut mid-way (it resumes with Range)."""
     serial = "KILN-FLAKY-0001"
     disk = tmp_path / "unit.img"
     blank_disk(disk)
+    document = _line1(factory)
+    # A pause after RECOVERY is mounted: the moment the test takes the network away.
+    document["hooks"] = [_hook(factory, "pause", "#!/bin/sh\nsleep 4\n",
+                               point="after_partition")]
     with DroppingProxy(upstream_port=factory.port, path_part="initrd",
                        drop_after_bytes=8 * MIB) as proxy:
-        mfgurl = factory.profile("line-flaky", _line1(factory), port=proxy.port)
+        mfgurl = factory.profile("line-flaky", document, port=proxy.port)
         factory.server.stop()
         try:
             with direct_unit(lab, ramdisk, mfgurl=mfgurl, serial=serial,
@@ -128,9 +142,13 @@ def test_a_server_down_at_start_is_waited_for_and_a_cut_download_resumes(
                 waiting = vm.wait_for(r"kiln: manufacture: ([^\r\n]*retrying in [^\r\n]*)",
                                       timeout=300)
                 factory.server.run()
+                vm.wait_for(r"kiln: manufacture: hook pause \(after_partition\)", timeout=300)
+                vm.qmp.execute("set_link", {"name": "net0", "up": False})
+                vm.wait_for(r"events stay spooled for later", timeout=300)
+                vm.qmp.execute("set_link", {"name": "net0", "up": True})
                 verdict = vm.wait_for(r"kiln: manufacture (succeeded|failed): ([^\r\n]*)",
                                       timeout=600)
-                assert vm.wait_exit(timeout=120) == 0
+                assert vm.wait_exit(timeout=300) == 0
                 console = vm.console_text()
         finally:
             if factory.server.process is None or factory.server.process.poll() is not None:
@@ -151,13 +169,11 @@ def test_a_server_down_at_start_is_waited_for_and_a_cut_download_resumes(
     work.mkdir()
     assert ext4_read(disk, rec, "/boot/initrd.zst", work=work) == ramdisk.initrd.read_bytes()
     assert factory.api(f"units/{serial}")["status"] == "succeeded"
-
-
-def _hook(factory: Factory, name: str, script: str, **fields: Any) -> dict[str, Any]:
-    data = script.encode()
-    factory.server.put_file(factory.token, f"{name}.sh", data)
-    return {"name": name, "url": f"files/{name}.sh",
-            "sha256": hashlib.sha256(data).hexdigest()} | fields
+    # Every event of the run reached the server, those spooled while the link was down too.
+    events = factory.api(f"units/{serial}/events")["events"]
+    assert len({event["run_id"] for event in events}) == 1
+    assert sorted(event["seq"] for event in events) == list(range(len(events)))
+    assert _finished(factory, serial)["manufacture/hooks/pause"]["result"] == "success"
 
 
 def _two_disks(factory: Factory) -> dict[str, Any]:
