@@ -14,6 +14,7 @@ import pytest
 from initramfs.builder import RamdiskBuild
 from lab import Lab
 from lab.diskimage import ext4_listing, ext4_read
+from lab.efivars import boot_config
 from lab.spec import DEFAULT_MAC, Disk, Firmware
 from tests.provision.qemu_factory import (
     MIB,
@@ -131,6 +132,12 @@ def test_a_unit_is_manufactured_on_ovmf(lab: Lab, ramdisk: RamdiskBuild, factory
     events = factory.api(f"units/{serial}/events")["events"]
     boot = [e for e in events if e["type"] == "finish" and e["name"] == "manufacture/boot"]
     assert boot[0]["result"] == "success" and "3 Kiln NVRAM entries" in boot[0]["message"]
+    # Read from the OVMF variable store on the host: one entry per mode, normal boot first.
+    config = boot_config(tmp_path / "unit.vars")
+    kiln = sorted(e.description for e in config.entries if e.description.startswith("Kiln"))
+    assert kiln == ["Kiln", "Kiln data erase", "Kiln factory restore"]
+    first = config.ordered()[0]
+    assert (first.description, first.file_path) == ("Kiln", "\\kiln\\vmlinuz")
     # The same variable store: the firmware follows Kiln's NVRAM entry to the ramdisk.
     assert boot_from_disk(lab, (Disk(image=disk),), tmp_path, firmware=Firmware.UEFI,
                           efi_vars=tmp_path / "unit.vars") == "restore"
