@@ -142,7 +142,8 @@ def test_a_server_down_at_start_a_network_gone_mid_way_and_a_cut_download(
                 waiting = vm.wait_for(r"kiln: manufacture: ([^\r\n]*retrying in [^\r\n]*)",
                                       timeout=300)
                 factory.server.run()
-                vm.wait_for(r"kiln: manufacture: hook pause \(after_partition\)", timeout=300)
+                # The script is running (fetched already): the network goes while it sleeps.
+                vm.wait_for(r"kiln: \+ \S*/hooks/pause/script", timeout=300)
                 vm.qmp.execute("set_link", {"name": "net0", "up": False})
                 vm.wait_for(r"events stay spooled for later", timeout=300)
                 vm.qmp.execute("set_link", {"name": "net0", "up": True})
