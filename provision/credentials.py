@@ -10,10 +10,7 @@ import os
 from kiln.fsutil import atomic_write_bytes
 from kiln.serverclient import ServerClient, UnitCredentials
 from kiln.shadow import sha512_crypt
-from recovery.layout import RecoveryLayout
-
-ADMIN_HASH_FILE = "admin-password.sha512crypt"
-DEVICE_TOKEN_FILE = "device-token"  # noqa: S105 (a file name)
+from recovery.layout import RecoveryLayout, StateFile
 
 
 def store_credentials(client: ServerClient, *, serial: str, layout: RecoveryLayout) -> None:
@@ -23,7 +20,8 @@ def store_credentials(client: ServerClient, *, serial: str, layout: RecoveryLayo
 def write_credentials(credentials: UnitCredentials, *, layout: RecoveryLayout) -> None:
     """Credentials fetched earlier (manufacture asks before any disk is touched) to `state/`."""
     layout.state.mkdir(parents=True, exist_ok=True)
-    for name, text in ((ADMIN_HASH_FILE, sha512_crypt(credentials.admin_password) + "\n"),
-                       (DEVICE_TOKEN_FILE, credentials.device_token)):
-        atomic_write_bytes(layout.state / name, text.encode(), mode=0o600)
-        os.chmod(layout.state / name, 0o600)  # whatever the umask
+    for name, text in ((StateFile.ADMIN_HASH, sha512_crypt(credentials.admin_password) + "\n"),
+                       (StateFile.DEVICE_TOKEN, credentials.device_token)):
+        path = layout.state_file(name)
+        atomic_write_bytes(path, text.encode(), mode=0o600)
+        os.chmod(path, 0o600)  # whatever the umask

@@ -30,7 +30,7 @@ from kiln.image.signing import PUBLIC_KEY_SUFFIXES, TrustStore
 from kiln.manufdata import FileKind, FileSpec, ManufData
 from kiln.progress import Progress, format_bytes, format_duration
 from kiln.serverclient import ServerClient
-from recovery.layout import RecoveryLayout
+from recovery.layout import RecoveryLayout, StateFile
 from recovery.store import ImageStore, StoredImage
 
 STAGE = "manufacture/recovery"
@@ -129,11 +129,11 @@ def write_state(layout: RecoveryLayout, *, identity: Identity, manufdata: ManufD
     """`state/`: identity, the factory configuration and the server's endpoints."""
     layout.state.mkdir(parents=True, exist_ok=True)
 
-    def write(name: str, document: Any, mode: int = 0o644) -> None:
+    def write(name: StateFile, document: Any, mode: int = 0o644) -> None:
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-        atomic_write_bytes(layout.state / name, text.encode(), mode=mode)
+        atomic_write_bytes(layout.state_file(name), text.encode(), mode=mode)
 
-    write("identity.json", to_json(identity))
-    write("factory.json", to_json(manufdata))
+    write(StateFile.IDENTITY, to_json(identity))
+    write(StateFile.FACTORY, to_json(manufdata))
     if manufdata.server is not None:
-        write("server.json", to_json(manufdata.server))
+        write(StateFile.SERVER, to_json(manufdata.server))

@@ -19,6 +19,19 @@ DATA_LABEL = "DATA"
 FLAG_FILE = "boot.normal"  # on PRIMARY's root: written last by a restore
 
 
+class StateFile(enum.StrEnum):
+    """The files in RECOVERY's `state/`: manufacture writes them, restore reads them."""
+
+    IDENTITY = "identity.json"  # serial, variant, profile URL, run id (manufacture)
+    FACTORY = "factory.json"  # the manufData the unit was made with
+    SERVER = "server.json"  # the server's endpoints (and CA)
+    DISKS = "disks.json"  # the partition plans applied: where PRIMARY and DATA are
+    ADMIN_HASH = "admin-password.sha512crypt"  # 0600
+    DEVICE_TOKEN = "device-token"  # noqa: S105 - a file name; 0600
+    MACHINE_ID = "machine-id"  # the OS's /etc/machine-id, the same across restores
+    JOURNAL = "restore-journal.json"  # a restore under way (see recovery.restore)
+
+
 class Request(enum.StrEnum):
     RESTORE = "restore"
     ERASE = "erase"
@@ -43,6 +56,14 @@ class RecoveryLayout:
     @property
     def state(self) -> Path:
         return self.root / "state"
+
+    def state_file(self, name: StateFile) -> Path:
+        return self.state / name.value
+
+    @property
+    def network(self) -> Path:
+        """An operator's saved systemd-networkd files, restored into the OS when present."""
+        return self.state / "network"
 
     @property
     def requests(self) -> Path:

@@ -95,7 +95,7 @@ def apply_plan(plan: PartitionPlan, device: Path, *,
     _tell_kernel(plan, device)
     nodes = _wait_for_nodes(plan, device, name=name, sysfs=sysfs, timeout=node_timeout)
     for partition, node in zip(plan.partitions, nodes, strict=True):
-        _make_filesystem(partition, node, device=device)
+        make_filesystem(partition, node, device=device)
     _settle(device)
     verify(plan, device, nodes=nodes)
     return AppliedDisk(device=device, plan=plan, nodes=tuple(
@@ -232,7 +232,7 @@ def _node_problem(partition: PlannedPartition, *, name: str, sysfs: SysBlock,
     return None
 
 
-def _make_filesystem(partition: PlannedPartition, node: Path, *, device: Path) -> None:
+def make_filesystem(partition: PlannedPartition, node: Path, *, device: Path) -> None:
     if partition.filesystem is Filesystem.VFAT:
         argv: list[str | os.PathLike[str]] = [
             "mkfs.vfat", "-F", "32", "-n", partition.label,

@@ -15,9 +15,9 @@ from kiln.image.errors import SourceError
 from kiln.image.signing import TrustStore
 from kiln.serverclient import ServerClient, UnitReport
 from kiln.shadow import verify
-from provision.credentials import ADMIN_HASH_FILE, DEVICE_TOKEN_FILE, store_credentials
+from provision.credentials import store_credentials
 from provision.fill import Identity, fill_recovery, install_keys, write_state
-from recovery.layout import RecoveryLayout
+from recovery.layout import RecoveryLayout, StateFile
 from recovery.store import ImageStore
 from tests.provision.serverline import Line
 
@@ -105,12 +105,12 @@ def test_credentials_reach_recovery_as_a_hash_and_a_root_only_token(
         store_credentials(client, serial="SN-CRED", layout=layout)
     revealed = requests.post(f"{line.server.url}/api/v1/units/SN-CRED/credentials/reveal",
                              headers=line.headers(), timeout=30).json()["admin_password"]
-    hashed = (layout.state / ADMIN_HASH_FILE).read_text().strip()
+    hashed = layout.state_file(StateFile.ADMIN_HASH).read_text().strip()
     assert hashed.startswith("$6$") and verify(revealed, hashed)
-    token = (layout.state / DEVICE_TOKEN_FILE).read_text()
+    token = layout.state_file(StateFile.DEVICE_TOKEN).read_text()
     assert token.startswith("kilndev_")
-    for name in (ADMIN_HASH_FILE, DEVICE_TOKEN_FILE):
-        assert (layout.state / name).stat().st_mode & 0o777 == 0o600
+    for name in (StateFile.ADMIN_HASH, StateFile.DEVICE_TOKEN):
+        assert layout.state_file(name).stat().st_mode & 0o777 == 0o600
     everything = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
     assert revealed.encode() not in everything  # nowhere on RECOVERY, nor in the spool
     assert revealed not in caplog.text

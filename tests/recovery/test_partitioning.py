@@ -7,11 +7,8 @@ tested without root, against a fake sysfs and captured `sfdisk -J` output.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,55 +25,14 @@ from recovery.partitioning import (
 from recovery.partitions import (
     ESP_TYPE_GUID,
     LINUX_FS_TYPE_GUID,
-    NewUuid,
     PartitionPlan,
     PartitionRole,
     TargetDisk,
     plan_layout,
 )
+from tests.recovery.loopdisk import LAYOUT, TOOLS, AttachLoop, plan_for, uuids
 
 R = PartitionRole
-TOOLS = ("losetup", "wipefs", "sfdisk", "mkfs.vfat", "mkfs.ext4", "blkid", "udevadm")
-DISK_BYTES = 3 * GIB
-LAYOUT = DiskLayout(recovery_size_bytes=300 * MIB, esp_size_bytes=64 * MIB,
-                    data_size_bytes=128 * MIB)
-
-AttachLoop = Callable[..., Path]
-
-
-def uuids(seed: int) -> NewUuid:
-    numbers = itertools.count(seed)
-    return lambda: uuid.UUID(int=next(numbers) * 0x1111_2222_3333_4444_5555_6666_7777_8887 % 2**128)
-
-
-def plan_for(device: Path, firmware: Firmware, *, seed: int = 1,
-             layout: DiskLayout = LAYOUT, sector_size: int = 512) -> PartitionPlan:
-    (plan,) = plan_layout(layout, firmware=firmware, new_uuid=uuids(seed),
-                          primary=TargetDisk(name=os.fspath(device), size_bytes=DISK_BYTES,
-                                             sector_size=sector_size))
-    return plan
-
-
-@pytest.fixture
-def attach_loop(tmp_path: Path) -> Iterator[AttachLoop]:
-    if os.geteuid() != 0:
-        pytest.skip("loop devices need root")
-    attached: list[str] = []
-
-    def attach(*, sector_size: int = 512) -> Path:
-        backing = tmp_path / f"disk{len(attached)}.img"
-        with backing.open("wb") as f:
-            f.truncate(DISK_BYTES)  # sparse: costs nothing
-        device = run(["losetup", "--find", "--show", "--partscan", "--sector-size",
-                      str(sector_size), backing]).text.strip()
-        attached.append(device)
-        return Path(device)
-
-    try:
-        yield attach
-    finally:
-        for device in attached:
-            run(["losetup", "--detach", device])
 
 
 def sfdisk_json(device: Path) -> dict[str, object]:

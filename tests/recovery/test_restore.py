@@ -1,0 +1,195 @@
+"""Factory restore on a loop device: a real RECOVERY with two images (the newest corrupt), a
+real PRIMARY and DATA; the restore quarantines the bad image, installs the older one, writes
+the unit's configuration and the flag file last, and leaves DATA alone."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from kiln.events import EventRecorder, EventType, Result
+from kiln.image.builder import ImageSpec, build_image
+from kiln.image.signing import SigningKey, TrustStore
+from kiln.manufdata import Firmware
+from kiln.process import run
+from kiln.shadow import sha512_crypt
+from recovery.layout import FLAG_FILE, RecoveryLayout, Request, StateFile
+from recovery.osconfig import Mounts, hostname_for
+from recovery.partitioning import apply_plan
+from recovery.partitions import PartitionRole
+from recovery.restore import (
+    Journal,
+    RestoreError,
+    Target,
+    find_target,
+    load_disks,
+    restore,
+    save_disks,
+)
+from recovery.store import ImageStore, NoGoodImageError
+from tests.recovery.loopdisk import TOOLS, AttachLoop, plan_for
+from tests.recovery.test_store import flip_byte_in_frame
+
+R = PartitionRole
+COMMANDS = (*TOOLS, "mount", "umount", "tar")
+
+
+def _image(tmp_path: Path, key: SigningKey, version: str) -> Path:
+    rootfs = tmp_path / f"rootfs-{version}"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "version").write_text(f"{version}\n")
+    (rootfs / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\nnobody:*:19000::::::\n")
+    (rootfs / "etc" / "shadow").chmod(0o640)
+    (rootfs / "etc" / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 old-name\n")
+    (rootfs / "blob").write_bytes(bytes(range(256)) * 2000 + version.encode())
+    out = tmp_path / f"app-{version}.upd"
+    build_image(rootfs, out, spec=ImageSpec(product="app", version=version, build=0,
+                                            variants=("*",), frame_size=65536,
+                                            created="2026-11-01T00:00:00Z"), keys=[key])
+    return out
+
+
+@contextmanager
+def _mounted(node: Path, where: Path) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    run(["mount", node, where])
+    try:
+        yield where
+    finally:
+        run(["umount", where])
+
+
+@pytest.mark.loop
+@pytest.mark.allow_commands(*COMMANDS)
+def test_a_restore_skips_a_corrupt_image_configures_the_os_and_keeps_data(
+        attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey,
+        trust: TrustStore) -> None:
+    device = attach_loop()
+    plan = plan_for(device, Firmware.BIOS)
+    applied = apply_plan(plan, device)
+    older, newer = _image(tmp_path, signing_key, "1.0.0"), _image(tmp_path, signing_key, "2.0.0")
+    with _mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec, \
+            _mounted(applied.node(R.DATA), tmp_path / "data") as data:
+        layout = RecoveryLayout(rec)
+        layout.state.mkdir()
+        save_disks(layout, (plan,))
+        assert load_disks(layout) == (plan,)
+        layout.state_file(StateFile.ADMIN_HASH).write_text(sha512_crypt("s3cret") + "\n")
+        layout.state_file(StateFile.DEVICE_TOKEN).write_text("kilndev_token")
+        layout.requests.mkdir()
+        layout.request_file(Request.RESTORE).write_text("{}")
+        (data / "customer.txt").write_text("keep me")
+        store = ImageStore(rec, trust)
+        store.add(older)
+        stored_newer = store.add(newer)
+        flip_byte_in_frame(stored_newer.path, trust, 1)
+        # A restore that was cut off earlier: its journal and its open attempt are left.
+        interrupted = store.images()[-1]
+        store.history.begin_attempt(interrupted.image_id)
+        Journal(layout, "run-before").write(image=interrupted, phase="write")
+
+        primary = applied.node(R.PRIMARY)
+        partition = plan.partition(R.PRIMARY)
+        assert partition is not None
+        target = Target(primary=primary, primary_plan=partition,
+                        mounts=Mounts(primary=partition.filesystem_uuid, recovery="r-uuid",
+                                      data="d-uuid"),
+                        mount_point=tmp_path / "primary")
+        recorder = EventRecorder(serial="SN 0042/X", spool_dir=layout.logs)
+        restored = restore(layout, target, trust=trust, serial="SN 0042/X", variant=None,
+                           recorder=recorder)
+
+        assert restored.image.manifest.version == "1.0.0"
+        assert len(restored.quarantined) == 1 and "2.0.0" in restored.quarantined[0]
+        assert [i.manifest.version for i in store.images()] == ["1.0.0"]
+        records = store.history.records()
+        assert records[stored_newer.image_id].failures == 1
+        assert records[interrupted.image_id].interrupted == 1  # the cut-off attempt counted
+        assert records[restored.image.image_id].successes == 1
+        assert not layout.state_file(StateFile.JOURNAL).exists()
+        assert not layout.requested(Request.RESTORE)
+        machine_id = layout.state_file(StateFile.MACHINE_ID).read_text().strip()
+        finished = {e.name: e.result for e in recorder.spool.events()
+                    if e.type is EventType.FINISH}
+        assert finished["restore/configure"] is Result.SUCCESS
+        assert (data / "customer.txt").read_text() == "keep me"
+
+    with _mounted(primary, tmp_path / "check") as root:
+        assert (root / FLAG_FILE).read_text().startswith("app 1.0.0")
+        assert (root / "etc/version").read_text() == "1.0.0\n"
+        assert (root / "etc/hostname").read_text() == "sn-0042-x\n"
+        assert (root / "etc/hosts").read_text() == "127.0.0.1 localhost\n127.0.1.1 sn-0042-x\n"
+        assert re.fullmatch(r"[0-9a-f]{32}\n", (root / "etc/machine-id").read_text())
+        assert (root / "etc/machine-id").read_text().strip() == machine_id
+        fstab = (root / "etc/fstab").read_text()
+        assert f"UUID={partition.filesystem_uuid} / ext4" in fstab
+        assert "UUID=r-uuid /recovery" in fstab
+        assert "UUID=d-uuid /data ext4 defaults,noatime,nofail" in fstab
+        assert "DHCP=yes" in (root / "etc/systemd/network/80-kiln-dhcp.network").read_text()
+        shadow = root / "etc/shadow"
+        assert shadow.read_text().startswith("root:$6$") and "nobody:*" in shadow.read_text()
+        assert stat.S_IMODE(shadow.stat().st_mode) == 0o640
+        assert stat.S_IMODE((root / "etc/kiln/device-token").stat().st_mode) == 0o600
+    found = run(["blkid", "--probe", "--output", "export", primary]).text
+    assert f"UUID={partition.filesystem_uuid}" in found and "LABEL=PRIMARY" in found
+
+
+@pytest.mark.loop
+@pytest.mark.allow_commands(*COMMANDS)
+def test_no_good_image_left_says_why_and_writes_no_flag(
+        attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey,
+        trust: TrustStore) -> None:
+    device = attach_loop()
+    plan = plan_for(device, Firmware.UEFI)
+    applied = apply_plan(plan, device)
+    only = _image(tmp_path, signing_key, "1.0.0")
+    with _mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
+        layout = RecoveryLayout(rec)
+        stored = ImageStore(rec, trust).add(only)
+        flip_byte_in_frame(stored.path, trust, 0)
+        partition = plan.partition(R.PRIMARY)
+        assert partition is not None
+        target = Target(primary=applied.node(R.PRIMARY), primary_plan=partition,
+                        mounts=Mounts(primary=partition.filesystem_uuid, recovery=None,
+                                      data=None),
+                        mount_point=tmp_path / "primary")
+        recorder = EventRecorder(serial="SN1", spool_dir=layout.logs)
+        with pytest.raises(NoGoodImageError, match="quarantined"):
+            restore(layout, target, trust=trust, serial="SN1", variant=None, recorder=recorder)
+    with _mounted(applied.node(R.PRIMARY), tmp_path / "check") as root:
+        assert not (root / FLAG_FILE).exists()
+
+
+def test_the_target_is_found_by_partition_uuid(tmp_path: Path) -> None:
+    plan = plan_for(Path("/dev/vda"), Firmware.BIOS)
+    layout = RecoveryLayout(tmp_path / "rec")
+    with pytest.raises(RestoreError, match=r"disks\.json is missing"):
+        find_target(layout, mount_point=tmp_path / "p", dev=tmp_path / "dev")
+    layout.state.mkdir(parents=True)
+    save_disks(layout, (plan,))
+    primary = plan.partition(R.PRIMARY)
+    assert primary is not None
+    with pytest.raises(RestoreError, match=f"PARTUUID {primary.partition_uuid}"):
+        find_target(layout, mount_point=tmp_path / "p", dev=tmp_path / "dev")
+    links = tmp_path / "dev/disk/by-partuuid"
+    links.mkdir(parents=True)
+    (tmp_path / "dev/vda2").touch()
+    (links / primary.partition_uuid.lower()).symlink_to(tmp_path / "dev/vda2")
+    target = find_target(layout, mount_point=tmp_path / "p", dev=tmp_path / "dev")
+    assert target.primary == tmp_path / "dev/vda2"
+    data = plan.partition(R.DATA)
+    assert target.mounts.data == (data.filesystem_uuid if data else None)
+    assert json.loads(layout.state_file(StateFile.DISKS).read_text())[0]["disk"] == "/dev/vda"
+
+
+@pytest.mark.parametrize(("serial", "name"), [
+    ("ABC-123", "abc-123"), ("  Lab Unit #7 ", "lab-unit-7"), ("___", "kiln-unit"),
+    ("x" * 80, "x" * 63)])
+def test_the_hostname_comes_from_the_serial(serial: str, name: str) -> None:
+    assert hostname_for(serial) == name
