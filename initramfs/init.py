@@ -2,7 +2,8 @@
 
 Start-up: mount the kernel filesystems, read the command line, log to every console, start
 udev and wait for it to settle, mount RECOVERY (and log there too), decide the boot mode, act:
-manufacture (`mfgurl=`) brings the network up and runs `provision.manufacture`, then reboots.
+manufacture (`mfgurl=`) brings the network up and runs `provision.manufacture`, then reboots;
+factory restore runs `initramfs.restoring` (`recovery.restore`), then reboots.
 PID 1 must never exit — that is a kernel panic — so every failure, expected or not, is logged
 with its traceback and ends in a reboot after a pause, or in a shell with `kiln.mode=shell`.
 """
@@ -19,6 +20,7 @@ from typing import NoReturn
 from initramfs import network, system
 from initramfs.console import RunLog, uptime
 from initramfs.decide import BootMode, Decision, decide
+from initramfs.restoring import run_restore
 from initramfs.selftest import init_started_at, run_selftest
 from initramfs.volumes import DeviceVolumes, gather_facts
 from kiln.cmdline import DebugAction, ForcedMode, KernelCommandLine, parse_cmdline
@@ -62,6 +64,8 @@ def act(decision: Decision, *, volumes: DeviceVolumes, run_log: RunLog,
         shell_then_reboot(cmdline)
     if decision.mode is BootMode.MANUFACTURE and cmdline.mfgurl:
         run_manufacture(cmdline.mfgurl, volumes=volumes, run_log=run_log)
+    if decision.mode is BootMode.RESTORE:
+        factory_restore(volumes=volumes, run_log=run_log)
     log.warning("%s is not built into this ramdisk yet; rebooting in %.0f s",
                 decision.mode, NOT_BUILT_PAUSE_SECONDS)
     finish(volumes, run_log, pause=NOT_BUILT_PAUSE_SECONDS)
@@ -88,6 +92,27 @@ def run_manufacture(mfgurl: str, *, volumes: DeviceVolumes, run_log: RunLog) -> 
     log.error("manufacture failed: %s; rebooting in %.0f s",
               "; ".join(outcome.message.splitlines()), MANUFACTURE_FAILED_PAUSE_SECONDS)
     finish(volumes, run_log, pause=MANUFACTURE_FAILED_PAUSE_SECONDS)
+
+
+def factory_restore(*, volumes: DeviceVolumes, run_log: RunLog) -> NoReturn:
+    """`initramfs.restoring`, then a reboot: into the restored OS, or to try again."""
+    # PRIMARY may be mounted (read-only, for the decision): it is about to be remade.
+    run_log.detach_recovery()
+    volumes.unmount_all()
+    recovery = volumes.mount_recovery()
+    if recovery is None:
+        log.error("factory restore: no RECOVERY volume; rebooting in %.0f s",
+                  MANUFACTURE_FAILED_PAUSE_SECONDS)
+        finish(volumes, run_log, pause=MANUFACTURE_FAILED_PAUSE_SECONDS)
+    run_log.attach_recovery(RecoveryLayout(recovery).logs)
+    verdict = run_restore(recovery)
+    if verdict.ok:
+        log.info("restore succeeded: %s; rebooting in %.0f s", verdict.message,
+                 verdict.pause_seconds)
+    else:
+        log.error("restore failed: %s; rebooting in %.0f s",
+                  "; ".join(verdict.message.splitlines()), verdict.pause_seconds)
+    finish(volumes, run_log, pause=verdict.pause_seconds)
 
 
 def shell_then_reboot(cmdline: KernelCommandLine) -> NoReturn:

@@ -47,6 +47,7 @@ from recovery.bootsetup import install_boot
 from recovery.layout import RecoveryLayout
 from recovery.partitioning import AppliedDisk, apply_plan
 from recovery.partitions import PartitionRole, TargetDisk, plan_layout
+from recovery.restore import save_disks
 from recovery.uefi_entries import EspLocation, ensure_uefi_entries
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,8 @@ def write_unit_state(state: RunState) -> StepNote:
                         profile_url=state.client.manufdata_url,
                         run_id=state.recorder.run_id, manufactured_ns=time.time_ns())
     write_state(state.layout, identity=identity, manufdata=state.manufdata)
-    return StepNote(message="identity.json, factory.json, server.json")
+    save_disks(state.layout, tuple(applied.plan for applied in state.applied))
+    return StepNote(message="identity.json, factory.json, server.json, disks.json")
 
 
 def secrets(state: RunState) -> StepNote:

@@ -19,6 +19,7 @@ from initramfs.builder import RamdiskBuild, build_ramdisk
 from kiln.image.signing import SigningKey, TrustStore, generate_keypair, load_signing_key
 from kiln.image.signing import load_public_key as load_public
 from lab import Lab
+from tests.provision.qemu_factory import Factory, running_factory
 
 
 class UnexpectedCommand(AssertionError):
@@ -88,3 +89,13 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def factory(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
+            signing_dir: Path, ramdisk: RamdiskBuild) -> Iterator[Factory]:
+    """The QEMU tests' factory: a `kiln server` the guests reach at 10.0.2.2 (see
+    tests/provision/qemu_factory.py)."""
+    with running_factory(tmp_path_factory.mktemp("factory"), signing_key=signing_key,
+                         public_key=signing_dir / "test.pub", ramdisk=ramdisk) as found:
+        yield found

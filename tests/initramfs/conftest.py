@@ -16,7 +16,7 @@ TEST_ROOT_INIT = f"""#!/bin/busybox sh
 """
 
 
-def test_root_tree(root: Path, *, flag: bool) -> Path:
+def make_test_root(root: Path, *, flag: bool) -> Path:
     for directory in ("bin", "sbin", "dev", "proc", "sys", "run", "tmp"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     shutil.copy("/usr/bin/busybox", root / "bin" / "busybox")
@@ -37,7 +37,7 @@ class UnitDisk:
 
 def unit_disk(work: Path, *, flag: bool) -> UnitDisk:
     """A GPT disk with RECOVERY (empty ext4) and PRIMARY (the test root)."""
-    root = test_root_tree(work / "root", flag=flag)
+    root = make_test_root(work / "root", flag=flag)
     recovery, primary = build_disk_image(
         work / "unit.img",
         partitions=[Partition(label="RECOVERY", size_mib=16),

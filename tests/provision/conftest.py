@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 
-from initramfs.builder import RamdiskBuild
 from kiln.image.signing import SigningKey
 from kiln.manufdata import ManufData, load_manufdata
-from tests.provision.qemu_factory import Factory, running_factory
 from tests.provision.serverline import Line
 from tests.server.live import LiveServer
 from tests.server.signed_images import build_test_image
@@ -53,13 +51,3 @@ def line(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
         kernel = os.urandom(3 * 1024 * 1024 + 17)
         server.put_file(token, "vmlinuz", kernel)
         yield Line(server, token, image_id, image, kernel)
-
-
-@pytest.fixture(scope="session")
-def factory(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
-            signing_dir: Path, ramdisk: RamdiskBuild) -> Iterator[Factory]:
-    """The QEMU tests' factory: a `kiln server` the guests reach at 10.0.2.2 (see
-    tests/provision/qemu_factory.py)."""
-    with running_factory(tmp_path_factory.mktemp("factory"), signing_key=signing_key,
-                         public_key=signing_dir / "test.pub", ramdisk=ramdisk) as found:
-        yield found

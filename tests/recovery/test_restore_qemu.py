@@ -1,0 +1,99 @@
+"""Factory restore in QEMU: a unit manufactured with a small test OS as its image boots its
+disk, restores (the Kiln ramdisk from GRUB on RECOVERY), reboots and boots that OS, which
+sees the identity restore wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from initramfs.builder import RamdiskBuild
+from kiln.image.builder import ImageSpec, build_image
+from kiln.image.signing import SigningKey
+from lab import Lab
+from lab.diskimage import ext4_listing, ext4_read
+from lab.profile import lab_manufdata
+from lab.spec import BootDevice, Disk, Firmware, VmSpec
+from tests.initramfs.conftest import make_test_root
+from tests.provision.qemu_factory import (
+    QEMU_COMMANDS,
+    Factory,
+    blank_disk,
+    manufacture_direct,
+    partition_table,
+    placed,
+)
+
+pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
+
+OS_MARK = "KILN-TEST-OS:"
+OS_INIT = f"""#!/bin/busybox sh
+/bin/busybox echo "{OS_MARK} pid $$ version $(/bin/busybox cat /etc/version) \\
+host $(/bin/busybox cat /etc/hostname) id $(/bin/busybox cat /etc/machine-id)"
+/bin/busybox poweroff -f
+"""
+
+
+def make_os_image(work: Path, key: SigningKey, version: str) -> Path:
+    """A signed image of a tiny OS: busybox, an init that prints what restore wrote."""
+    root = make_test_root(work / f"os-{version}", flag=False)
+    (root / "sbin" / "init").write_text(OS_INIT)
+    (root / "etc").mkdir()
+    (root / "etc" / "version").write_text(f"{version}\n")
+    (root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    out = work / f"testos-{version}.upd"
+    build_image(root, out, spec=ImageSpec(product="demo", version=version, build=0,
+                                          variants=("qemu-lab",),
+                                          created="2026-11-01T00:00:00Z"), keys=[key])
+    return out
+
+
+def _boot_disk(lab: Lab, disk: Path, work: Path, *, name: str,
+               until: str) -> tuple[str, str]:
+    spec = VmSpec(firmware=Firmware.BIOS, boot=BootDevice.DISK, disks=(Disk(image=disk),),
+                  memory_mb=1024, no_reboot=True)
+    with lab.vm(spec) as vm:
+        decision = vm.wait_for(r"kiln: decision: ([a-z]+)", timeout=300)
+        found = vm.wait_for(until, timeout=600)
+        vm.wait_exit(timeout=300)
+        (work / f"{name}.txt").write_text(vm.console_text())
+    assert "Kernel panic" not in vm.console_text()
+    return decision.group(1), found.group(0)
+
+
+def test_manufacture_then_the_first_restore_then_a_normal_boot(
+        lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
+        tmp_path: Path) -> None:
+    image = make_os_image(tmp_path, signing_key, "3.1.0")
+    image_id = factory.server.push_image(factory.token, image)
+    mfgurl = factory.profile("line-os", lab_manufdata(
+        image=image, image_id=image_id, kernel=ramdisk.kernel, initrd=ramdisk.initrd))
+    serial = "KILN-LIFE-0001"
+    disk = tmp_path / "unit.img"
+    blank_disk(disk)
+    made = manufacture_direct(lab, ramdisk, tmp_path, mfgurl=mfgurl, serial=serial,
+                              disks=(Disk(image=disk),), name="manufacture")
+    assert made.result == "succeeded", made.line
+
+    decision, line = _boot_disk(lab, disk, tmp_path, name="restore",
+                                until=r"kiln: restore (succeeded|failed): [^\r\n]*")
+    assert decision == "restore"
+    assert "restore succeeded: demo 3.1.0" in line, line
+
+    decision, line = _boot_disk(lab, disk, tmp_path, name="normal",
+                                until=OS_MARK + r"[^\r\n]*")
+    assert decision == "normal"
+    assert " pid 1 version 3.1.0 host kiln-life-0001 id " in line, line
+
+    table = partition_table(disk)
+    rec = placed(table, 0, "RECOVERY")
+    work = tmp_path / "check"
+    work.mkdir()
+    machine_id = ext4_read(disk, rec, "/state/machine-id", work=work).decode().strip()
+    assert line.endswith(machine_id)
+    state = ext4_listing(disk, rec, "/state", work=work)
+    assert "restore-journal.json" not in state and "disks.json" in state
+    history = json.loads(ext4_read(disk, rec, "/state/image-history.json", work=work))
+    assert "'successes': 1" in str(history) or '"successes": 1' in json.dumps(history)
