@@ -6,10 +6,12 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kiln.manufdata import GIB, MIB, DiskLayout, Firmware
+from kiln.process import run
 from recovery.partitions import NewUuid, PartitionPlan, TargetDisk, plan_layout
 
 TOOLS = ("losetup", "wipefs", "sfdisk", "mkfs.vfat", "mkfs.ext4", "blkid", "udevadm")
@@ -31,3 +33,13 @@ def plan_for(device: Path, firmware: Firmware, *, seed: int = 1,
                           primary=TargetDisk(name=os.fspath(device), size_bytes=DISK_BYTES,
                                              sector_size=sector_size))
     return plan
+
+
+@contextmanager
+def mounted(node: Path, where: Path) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    run(["mount", node, where])
+    try:
+        yield where
+    finally:
+        run(["umount", where])

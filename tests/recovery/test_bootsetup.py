@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from recovery.bootsetup import (
 from recovery.partitioning import AppliedDisk, apply_plan
 from recovery.partitions import PartitionRole, TargetDisk, plan_layout
 from recovery.uefi_entries import EspLocation
+from tests.recovery.loopdisk import mounted
 
 CONSOLE = "console=tty0 console=ttyS0,115200"
 DISK_BYTES = 2 * GIB
@@ -110,16 +109,6 @@ def _uuids() -> uuid.UUID:
     return uuid.uuid4()
 
 
-@contextmanager
-def _mounted(node: Path, where: Path) -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    run(["mount", node, where])
-    try:
-        yield where
-    finally:
-        run(["umount", where])
-
-
 def _snapshot(root: Path) -> dict[str, bytes]:
     """Every file under `root` with its bytes (grubenv aside, which GRUB may rewrite)."""
     return {os.fspath(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
@@ -146,7 +135,7 @@ def prepare(tmp_path: Path, firmware: Firmware, ramdisk: RamdiskBuild) -> Prepar
 def _fill(tmp_path: Path, *, device: Path, image: Path, firmware: Firmware,
           applied: AppliedDisk, ramdisk: RamdiskBuild) -> Prepared:
     boot_role = PartitionRole.ESP if firmware is Firmware.UEFI else PartitionRole.RECOVERY
-    with _mounted(applied.node(PartitionRole.RECOVERY), tmp_path / "recovery") as recovery:
+    with mounted(applied.node(PartitionRole.RECOVERY), tmp_path / "recovery") as recovery:
         (recovery / "boot").mkdir()
         kernel, initrd = recovery / "boot" / "vmlinuz", recovery / "boot" / "initrd.zst"
         kernel.write_bytes(ramdisk.kernel.read_bytes())

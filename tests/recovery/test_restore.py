@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import re
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,7 +31,7 @@ from recovery.restore import (
     save_disks,
 )
 from recovery.store import ImageStore, NoGoodImageError
-from tests.recovery.loopdisk import TOOLS, AttachLoop, plan_for
+from tests.recovery.loopdisk import TOOLS, AttachLoop, mounted, plan_for
 from tests.recovery.test_store import flip_byte_in_frame
 
 R = PartitionRole
@@ -55,16 +53,6 @@ def _image(tmp_path: Path, key: SigningKey, version: str) -> Path:
     return out
 
 
-@contextmanager
-def _mounted(node: Path, where: Path) -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    run(["mount", node, where])
-    try:
-        yield where
-    finally:
-        run(["umount", where])
-
-
 @pytest.mark.loop
 @pytest.mark.allow_commands(*COMMANDS)
 def test_a_restore_skips_a_corrupt_image_configures_the_os_and_keeps_data(
@@ -74,8 +62,8 @@ def test_a_restore_skips_a_corrupt_image_configures_the_os_and_keeps_data(
     plan = plan_for(device, Firmware.BIOS)
     applied = apply_plan(plan, device)
     older, newer = _image(tmp_path, signing_key, "1.0.0"), _image(tmp_path, signing_key, "2.0.0")
-    with _mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec, \
-            _mounted(applied.node(R.DATA), tmp_path / "data") as data:
+    with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec, \
+            mounted(applied.node(R.DATA), tmp_path / "data") as data:
         layout = RecoveryLayout(rec)
         layout.state.mkdir()
         save_disks(layout, (plan,))
@@ -120,7 +108,7 @@ def test_a_restore_skips_a_corrupt_image_configures_the_os_and_keeps_data(
         assert finished["restore/configure"] is Result.SUCCESS
         assert (data / "customer.txt").read_text() == "keep me"
 
-    with _mounted(primary, tmp_path / "check") as root:
+    with mounted(primary, tmp_path / "check") as root:
         assert (root / FLAG_FILE).read_text().startswith("app 1.0.0")
         assert (root / "etc/version").read_text() == "1.0.0\n"
         assert (root / "etc/hostname").read_text() == "sn-0042-x\n"
@@ -149,7 +137,7 @@ def test_no_good_image_left_says_why_and_writes_no_flag(
     plan = plan_for(device, Firmware.UEFI)
     applied = apply_plan(plan, device)
     only = _image(tmp_path, signing_key, "1.0.0")
-    with _mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
+    with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
         layout = RecoveryLayout(rec)
         stored = ImageStore(rec, trust).add(only)
         flip_byte_in_frame(stored.path, trust, 0)
@@ -162,7 +150,7 @@ def test_no_good_image_left_says_why_and_writes_no_flag(
         recorder = EventRecorder(serial="SN1", spool_dir=layout.logs)
         with pytest.raises(NoGoodImageError, match="quarantined"):
             restore(layout, target, trust=trust, serial="SN1", variant=None, recorder=recorder)
-    with _mounted(applied.node(R.PRIMARY), tmp_path / "check") as root:
+    with mounted(applied.node(R.PRIMARY), tmp_path / "check") as root:
         assert not (root / FLAG_FILE).exists()
 
 
