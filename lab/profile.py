@@ -22,6 +22,7 @@ class LabUnit:
     disk_min_bytes: int = 3 * GIB
     disk_max_bytes: int = 5 * GIB
     recovery_bytes: int = 512 * MIB
+    data_bytes: int | None = None  # a DATA partition of this size after PRIMARY
 
 
 def file_spec(path: Path, url: str, destination: str, kind: str) -> dict[str, Any]:
@@ -49,5 +50,6 @@ def lab_manufdata(*, image: Path, image_id: str, kernel: Path, initrd: Path,
                        "max_size_bytes": unit.disk_max_bytes}],
             "nics": {"count": 1},
         }],
-        "layout": {"firmware": "auto", "recovery_size_bytes": unit.recovery_bytes},
+        "layout": {"firmware": "auto", "recovery_size_bytes": unit.recovery_bytes}
+        | ({"data_size_bytes": unit.data_bytes} if unit.data_bytes is not None else {}),
     }

@@ -15,7 +15,8 @@ Rules, in order:
    older one is restored in the same run. No image left → `NoGoodImageError`.
 4. **Write**: PRIMARY gets a new ext4 with its planned label and UUID (so /etc/fstab and
    `kiln.root=` stay right), the image is streamed into it, then `recovery.osconfig`
-   writes the unit's configuration. DATA is never touched.
+   writes the unit's configuration. DATA is never touched, unless a restore request from the
+   OS says `keep_data: false`: then it gets a fresh, empty file system (same label and UUID).
 5. **Finish**: everything synced, `/boot.normal` written and synced last, PRIMARY unmounted,
    the attempt recorded as succeeded, the journal removed, a restore request cleared.
 """
@@ -45,6 +46,7 @@ from recovery.layout import FLAG_FILE, RecoveryLayout, Request, StateFile
 from recovery.osconfig import Mounts, configure
 from recovery.partitioning import make_filesystem
 from recovery.partitions import PartitionPlan, PartitionRole, PlannedPartition
+from recovery.requests import read_restore_request
 from recovery.store import ImageStore, NoGoodImageError, StoredImage
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class Target:
     primary_plan: PlannedPartition
     mounts: Mounts
     mount_point: Path
+    data: Path | None = None  # DATA's node: touched only when a request says wipe it
+    data_plan: PlannedPartition | None = None
 
 
 def find_target(layout: RecoveryLayout, *, mount_point: Path,
@@ -105,7 +109,8 @@ def find_target(layout: RecoveryLayout, *, mount_point: Path,
                   mounts=Mounts(primary=primary.filesystem_uuid,
                                 recovery=recovery.filesystem_uuid if recovery else None,
                                 data=data.filesystem_uuid if data else None),
-                  mount_point=mount_point)
+                  mount_point=mount_point,
+                  data=partition_node(data, dev=dev) if data else None, data_plan=data)
 
 
 class Journal:
@@ -150,8 +155,11 @@ def _mounted(node: Path, target: Path) -> Iterator[Path]:
 
 
 def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: RecoveryLayout,
-             serial: str, journal: Journal, recorder: EventRecorder) -> int:
+             serial: str, journal: Journal, recorder: EventRecorder, wipe_data: bool) -> int:
     journal.write(image=image, phase="format")
+    if wipe_data and target.data is not None and target.data_plan is not None:
+        with recorder.stage(f"{STAGE}/data", "a fresh, empty DATA file system (requested)"):
+            make_filesystem(target.data_plan, target.data, device=target.data)
     make_filesystem(target.primary_plan, target.primary, device=target.primary)
     journal.write(image=image, phase="write")
     with _mounted(target.primary, target.mount_point) as root:
@@ -181,6 +189,8 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
                     "as a failed attempt", previous.get("image"), previous.get("run_id"),
                     previous.get("phase"))
     store = ImageStore(layout.root, trust)
+    request = read_restore_request(layout)
+    wipe_data = request is not None and not request.keep_data
     quarantined: list[str] = []
     while True:
         with recorder.stage(f"{STAGE}/pick", f"variant {variant or 'any'}"):
@@ -192,7 +202,7 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
         store.history.begin_attempt(image.image_id)
         try:
             size = _install(image, store=store, target=target, layout=layout, serial=serial,
-                            journal=journal, recorder=recorder)
+                            journal=journal, recorder=recorder, wipe_data=wipe_data)
         except ImageError as e:
             recorder.finish(f"{STAGE}/write", Result.FAIL, str(e))
             store.history.finish_attempt(image.image_id, succeeded=False, reason=str(e))

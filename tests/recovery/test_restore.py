@@ -21,6 +21,7 @@ from recovery.layout import FLAG_FILE, RecoveryLayout, Request, StateFile
 from recovery.osconfig import Mounts, hostname_for
 from recovery.partitioning import apply_plan
 from recovery.partitions import PartitionRole
+from recovery.requests import request_restore
 from recovery.restore import (
     Journal,
     RestoreError,
@@ -154,6 +155,37 @@ def test_no_good_image_left_says_why_and_writes_no_flag(
         assert not (root / FLAG_FILE).exists()
 
 
+@pytest.mark.loop
+@pytest.mark.allow_commands(*COMMANDS)
+def test_a_request_to_wipe_data_gives_data_a_fresh_file_system(
+        attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey,
+        trust: TrustStore) -> None:
+    device = attach_loop()
+    plan = plan_for(device, Firmware.BIOS)
+    applied = apply_plan(plan, device)
+    primary, data = plan.partition(R.PRIMARY), plan.partition(R.DATA)
+    assert primary is not None and data is not None
+    with mounted(applied.node(R.DATA), tmp_path / "data") as mount:
+        (mount / "customer.txt").write_text("old")
+    with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
+        layout = RecoveryLayout(rec)
+        layout.state.mkdir()
+        ImageStore(rec, trust).add(_image(tmp_path, signing_key, "1.0.0"))
+        request_restore(layout, keep_data=False, reason="customer asked")
+        target = Target(primary=applied.node(R.PRIMARY), primary_plan=primary,
+                        mounts=Mounts(primary=primary.filesystem_uuid, recovery=None,
+                                      data=data.filesystem_uuid),
+                        mount_point=tmp_path / "primary", data=applied.node(R.DATA),
+                        data_plan=data)
+        recorder = EventRecorder(serial="SN2", spool_dir=layout.logs)
+        restore(layout, target, trust=trust, serial="SN2", variant=None, recorder=recorder)
+        assert not layout.requested(Request.RESTORE)
+    with mounted(applied.node(R.DATA), tmp_path / "data") as mount:
+        assert not (mount / "customer.txt").exists()
+    found = run(["blkid", "--probe", "--output", "export", applied.node(R.DATA)]).text
+    assert f"UUID={data.filesystem_uuid}" in found and "LABEL=DATA" in found
+
+
 def test_the_target_is_found_by_partition_uuid(tmp_path: Path) -> None:
     plan = plan_for(Path("/dev/vda"), Firmware.BIOS)
     layout = RecoveryLayout(tmp_path / "rec")
@@ -167,12 +199,14 @@ def test_the_target_is_found_by_partition_uuid(tmp_path: Path) -> None:
         find_target(layout, mount_point=tmp_path / "p", dev=tmp_path / "dev")
     links = tmp_path / "dev/disk/by-partuuid"
     links.mkdir(parents=True)
-    (tmp_path / "dev/vda2").touch()
-    (links / primary.partition_uuid.lower()).symlink_to(tmp_path / "dev/vda2")
-    target = find_target(layout, mount_point=tmp_path / "p", dev=tmp_path / "dev")
-    assert target.primary == tmp_path / "dev/vda2"
     data = plan.partition(R.DATA)
-    assert target.mounts.data == (data.filesystem_uuid if data else None)
+    assert data is not None
+    for partition, node in ((primary, "vda2"), (data, "vda3")):
+        (tmp_path / "dev" / node).touch()
+        (links / partition.partition_uuid.lower()).symlink_to(tmp_path / "dev" / node)
+    target = find_target(layout, mount_point=tmp_path / "p", dev=tmp_path / "dev")
+    assert (target.primary, target.data) == (tmp_path / "dev/vda2", tmp_path / "dev/vda3")
+    assert target.mounts.data == data.filesystem_uuid
     assert json.loads(layout.state_file(StateFile.DISKS).read_text())[0]["disk"] == "/dev/vda"
 
 

@@ -1,6 +1,6 @@
 """Factory restore in QEMU: a unit manufactured with a small test OS as its image boots its
 disk, restores (the Kiln ramdisk from GRUB on RECOVERY), reboots and boots that OS, which
-sees the identity restore wrote."""
+sees the identity restore wrote; the OS requests a restore, which keeps DATA."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from kiln.image.builder import ImageSpec, build_image
 from kiln.image.signing import SigningKey
 from lab import Lab
 from lab.diskimage import ext4_listing, ext4_read
-from lab.profile import lab_manufdata
+from lab.profile import MIB, LabUnit, lab_manufdata
 from lab.spec import BootDevice, Disk, Firmware, VmSpec
 from tests.initramfs.conftest import make_test_root
 from tests.provision.qemu_factory import (
@@ -29,10 +29,27 @@ from tests.provision.qemu_factory import (
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
 
 OS_MARK = "KILN-TEST-OS:"
+# The test OS: it reports what restore wrote and what DATA holds; on its first boot it
+# leaves a file on DATA and asks for a restore that keeps DATA, as `kiln request restore`
+# would (busybox has no Python for the real command; tests/recovery/test_requests.py has it).
 OS_INIT = f"""#!/bin/busybox sh
-/bin/busybox echo "{OS_MARK} pid $$ version $(/bin/busybox cat /etc/version) \\
-host $(/bin/busybox cat /etc/hostname) id $(/bin/busybox cat /etc/machine-id)"
-/bin/busybox poweroff -f
+b=/bin/busybox
+$b mount -t proc proc /proc
+$b mount -t tmpfs tmpfs /run
+$b mkdir -p /run/data /run/recovery
+$b mount "$($b findfs LABEL=DATA)" /run/data
+$b mount "$($b findfs LABEL=RECOVERY)" /run/recovery
+data=$($b cat /run/data/customer.txt 2>/dev/null || $b echo none)
+$b echo "{OS_MARK} pid $$ version $($b cat /etc/version) host $($b cat /etc/hostname) \\
+data $data id $($b cat /etc/machine-id)"
+if [ "$data" = none ]; then
+    $b echo "keep me" > /run/data/customer.txt
+    $b mkdir -p /run/recovery/requests
+    $b echo '{{"keep_data": true, "reason": "test OS"}}' > /run/recovery/requests/restore.json
+fi
+$b sync
+$b umount /run/data /run/recovery
+$b poweroff -f
 """
 
 
@@ -69,7 +86,8 @@ def test_manufacture_then_the_first_restore_then_a_normal_boot(
     image = make_os_image(tmp_path, signing_key, "3.1.0")
     image_id = factory.server.push_image(factory.token, image)
     mfgurl = factory.profile("line-os", lab_manufdata(
-        image=image, image_id=image_id, kernel=ramdisk.kernel, initrd=ramdisk.initrd))
+        image=image, image_id=image_id, kernel=ramdisk.kernel, initrd=ramdisk.initrd,
+        unit=LabUnit(data_bytes=256 * MIB)))
     serial = "KILN-LIFE-0001"
     disk = tmp_path / "unit.img"
     blank_disk(disk)
@@ -85,7 +103,18 @@ def test_manufacture_then_the_first_restore_then_a_normal_boot(
     decision, line = _boot_disk(lab, disk, tmp_path, name="normal",
                                 until=OS_MARK + r"[^\r\n]*")
     assert decision == "normal"
-    assert " pid 1 version 3.1.0 host kiln-life-0001 id " in line, line
+    assert " pid 1 version 3.1.0 host kiln-life-0001 data none id " in line, line
+
+    # The OS asked for a restore that keeps DATA: the next boot restores, the one after
+    # finds the customer's file still on DATA.
+    decision, again = _boot_disk(lab, disk, tmp_path, name="requested",
+                                 until=r"kiln: restore (succeeded|failed): [^\r\n]*")
+    assert decision == "restore" and "restore succeeded" in again, again
+    decision, after = _boot_disk(lab, disk, tmp_path, name="normal-again",
+                                 until=OS_MARK + r"[^\r\n]*")
+    assert decision == "normal"
+    assert " data keep me id " in after, after
+    assert after.split(" id ")[1] == line.split(" id ")[1]  # the same machine-id
 
     table = partition_table(disk)
     rec = placed(table, 0, "RECOVERY")
@@ -96,4 +125,5 @@ def test_manufacture_then_the_first_restore_then_a_normal_boot(
     state = ext4_listing(disk, rec, "/state", work=work)
     assert "restore-journal.json" not in state and "disks.json" in state
     history = json.loads(ext4_read(disk, rec, "/state/image-history.json", work=work))
-    assert "'successes': 1" in str(history) or '"successes": 1' in json.dumps(history)
+    assert '"successes": 2' in json.dumps(history)  # the first restore and the requested one
+    assert "restore.json" not in ext4_listing(disk, rec, "/requests", work=work)
