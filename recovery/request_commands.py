@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from recovery.requests import cancel, request_erase, request_restore, status
 from recovery.store import ImageStore
 
 if TYPE_CHECKING:
-    from kiln.cli import CommandTree
+    from kiln.cli import CommandTree, Handler
 
 DEFAULT_RECOVERY = Path("/recovery")
 
@@ -57,47 +58,44 @@ def add_status(tree: CommandTree) -> None:
     parser.set_defaults(handler=_status)
 
 
-def _layout(arguments: argparse.Namespace) -> RecoveryLayout | None:
-    layout = RecoveryLayout(arguments.recovery)
-    if not layout.state.is_dir():
-        print(f"kiln: {arguments.recovery} is not a RECOVERY volume (no state/); is it "
-              "mounted?", file=sys.stderr)
-        return None
-    return layout
+def _on_recovery(handler: Callable[[argparse.Namespace, RecoveryLayout], int]) -> Handler:
+    """The command's handler, given RECOVERY's layout; exit 2 when --recovery is not one."""
+
+    def run(arguments: argparse.Namespace) -> int:
+        layout = RecoveryLayout(arguments.recovery)
+        if not layout.state.is_dir():
+            print(f"kiln: {arguments.recovery} is not a RECOVERY volume (no state/); is it "
+                  "mounted?", file=sys.stderr)
+            return 2
+        return handler(arguments, layout)
+
+    return run
 
 
-def _restore(arguments: argparse.Namespace) -> int:
-    layout = _layout(arguments)
-    if layout is None:
-        return 2
+@_on_recovery
+def _restore(arguments: argparse.Namespace, layout: RecoveryLayout) -> int:
     path = request_restore(layout, keep_data=arguments.keep_data, reason=arguments.reason)
     kept = "kept" if arguments.keep_data else "given a fresh, empty file system"
     print(f"restore requested ({path}): the next boot restores; DATA will be {kept}")
     return 0
 
 
-def _erase(arguments: argparse.Namespace) -> int:
-    layout = _layout(arguments)
-    if layout is None:
-        return 2
+@_on_recovery
+def _erase(arguments: argparse.Namespace, layout: RecoveryLayout) -> int:
     path = request_erase(layout, reason=arguments.reason)
     print(f"erase requested ({path}): the next boot erases PRIMARY and DATA, then restores")
     return 0
 
 
-def _cancel(arguments: argparse.Namespace) -> int:
-    layout = _layout(arguments)
-    if layout is None:
-        return 2
+@_on_recovery
+def _cancel(arguments: argparse.Namespace, layout: RecoveryLayout) -> int:
     withdrawn = cancel(layout, Request(arguments.request))
     print(f"{arguments.request} request {'withdrawn' if withdrawn else 'was not pending'}")
     return 0
 
 
-def _status(arguments: argparse.Namespace) -> int:
-    layout = _layout(arguments)
-    if layout is None:
-        return 2
+@_on_recovery
+def _status(arguments: argparse.Namespace, layout: RecoveryLayout) -> int:
     store = ImageStore(layout.root, TrustStore.from_paths([layout.keys]))
     print(json.dumps(status(layout, store, root=arguments.root), indent=2))
     return 0

@@ -19,8 +19,8 @@ from kiln.process import run
 from kiln.shadow import sha512_crypt
 from recovery.layout import FLAG_FILE, RecoveryLayout, Request, StateFile
 from recovery.osconfig import Mounts, hostname_for
-from recovery.partitioning import apply_plan
-from recovery.partitions import PartitionRole
+from recovery.partitioning import AppliedDisk, apply_plan
+from recovery.partitions import PartitionPlan, PartitionRole
 from recovery.requests import request_restore
 from recovery.restore import (
     Journal,
@@ -54,14 +54,32 @@ def _image(tmp_path: Path, key: SigningKey, version: str) -> Path:
     return out
 
 
+def _partitioned(attach_loop: AttachLoop, firmware: Firmware) -> tuple[PartitionPlan,
+                                                                        AppliedDisk]:
+    device = attach_loop()
+    plan = plan_for(device, firmware)
+    return plan, apply_plan(plan, device)
+
+
+def _target(plan: PartitionPlan, applied: AppliedDisk, mount_point: Path, *,
+            recovery_uuid: str | None = None, data_uuid: str | None = None,
+            with_data: bool = False) -> Target:
+    """Where restore writes on the loop disk; DATA's node only `with_data` (a wipe)."""
+    primary, data = plan.partition(R.PRIMARY), plan.partition(R.DATA)
+    assert primary is not None and data is not None
+    return Target(primary=applied.node(R.PRIMARY), primary_plan=primary,
+                  mounts=Mounts(primary=primary.filesystem_uuid, recovery=recovery_uuid,
+                                data=data_uuid),
+                  mount_point=mount_point, data=applied.node(R.DATA) if with_data else None,
+                  data_plan=data if with_data else None)
+
+
 @pytest.mark.loop
 @pytest.mark.allow_commands(*COMMANDS)
 def test_a_restore_skips_a_corrupt_image_configures_the_os_and_keeps_data(
         attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey,
         trust: TrustStore) -> None:
-    device = attach_loop()
-    plan = plan_for(device, Firmware.BIOS)
-    applied = apply_plan(plan, device)
+    plan, applied = _partitioned(attach_loop, Firmware.BIOS)
     older, newer = _image(tmp_path, signing_key, "1.0.0"), _image(tmp_path, signing_key, "2.0.0")
     with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec, \
             mounted(applied.node(R.DATA), tmp_path / "data") as data:
@@ -83,13 +101,9 @@ def test_a_restore_skips_a_corrupt_image_configures_the_os_and_keeps_data(
         store.history.begin_attempt(interrupted.image_id)
         Journal(layout, "run-before").write(image=interrupted, phase="write")
 
-        primary = applied.node(R.PRIMARY)
-        partition = plan.partition(R.PRIMARY)
-        assert partition is not None
-        target = Target(primary=primary, primary_plan=partition,
-                        mounts=Mounts(primary=partition.filesystem_uuid, recovery="r-uuid",
-                                      data="d-uuid"),
-                        mount_point=tmp_path / "primary")
+        target = _target(plan, applied, tmp_path / "primary", recovery_uuid="r-uuid",
+                         data_uuid="d-uuid")
+        primary, partition = target.primary, target.primary_plan
         recorder = EventRecorder(serial="SN 0042/X", spool_dir=layout.logs)
         restored = restore(layout, target, trust=trust, serial="SN 0042/X", variant=None,
                            recorder=recorder)
@@ -134,20 +148,13 @@ def test_a_restore_skips_a_corrupt_image_configures_the_os_and_keeps_data(
 def test_no_good_image_left_says_why_and_writes_no_flag(
         attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey,
         trust: TrustStore) -> None:
-    device = attach_loop()
-    plan = plan_for(device, Firmware.UEFI)
-    applied = apply_plan(plan, device)
+    plan, applied = _partitioned(attach_loop, Firmware.UEFI)
     only = _image(tmp_path, signing_key, "1.0.0")
     with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
         layout = RecoveryLayout(rec)
         stored = ImageStore(rec, trust).add(only)
         flip_byte_in_frame(stored.path, trust, 0)
-        partition = plan.partition(R.PRIMARY)
-        assert partition is not None
-        target = Target(primary=applied.node(R.PRIMARY), primary_plan=partition,
-                        mounts=Mounts(primary=partition.filesystem_uuid, recovery=None,
-                                      data=None),
-                        mount_point=tmp_path / "primary")
+        target = _target(plan, applied, tmp_path / "primary")
         recorder = EventRecorder(serial="SN1", spool_dir=layout.logs)
         with pytest.raises(NoGoodImageError, match="quarantined"):
             restore(layout, target, trust=trust, serial="SN1", variant=None, recorder=recorder)
@@ -160,11 +167,9 @@ def test_no_good_image_left_says_why_and_writes_no_flag(
 def test_a_request_to_wipe_data_gives_data_a_fresh_file_system(
         attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey,
         trust: TrustStore) -> None:
-    device = attach_loop()
-    plan = plan_for(device, Firmware.BIOS)
-    applied = apply_plan(plan, device)
-    primary, data = plan.partition(R.PRIMARY), plan.partition(R.DATA)
-    assert primary is not None and data is not None
+    plan, applied = _partitioned(attach_loop, Firmware.BIOS)
+    data = plan.partition(R.DATA)
+    assert data is not None
     with mounted(applied.node(R.DATA), tmp_path / "data") as mount:
         (mount / "customer.txt").write_text("old")
     with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
@@ -172,11 +177,8 @@ def test_a_request_to_wipe_data_gives_data_a_fresh_file_system(
         layout.state.mkdir()
         ImageStore(rec, trust).add(_image(tmp_path, signing_key, "1.0.0"))
         request_restore(layout, keep_data=False, reason="customer asked")
-        target = Target(primary=applied.node(R.PRIMARY), primary_plan=primary,
-                        mounts=Mounts(primary=primary.filesystem_uuid, recovery=None,
-                                      data=data.filesystem_uuid),
-                        mount_point=tmp_path / "primary", data=applied.node(R.DATA),
-                        data_plan=data)
+        target = _target(plan, applied, tmp_path / "primary",
+                         data_uuid=data.filesystem_uuid, with_data=True)
         recorder = EventRecorder(serial="SN2", spool_dir=layout.logs)
         restore(layout, target, trust=trust, serial="SN2", variant=None, recorder=recorder)
         assert not layout.requested(Request.RESTORE)
