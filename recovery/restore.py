@@ -164,8 +164,12 @@ def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: R
     journal.write(image=image, phase="write")
     with _mounted(target.primary, target.mount_point) as root:
         recorder.start(f"{STAGE}/write", f"{image.label} onto {target.primary}")
-        with ImageReader.open(image.path, store.trust) as reader:
-            result = extract(reader, root)
+        try:
+            with ImageReader.open(image.path, store.trust) as reader:
+                result = extract(reader, root)
+        except BaseException as e:
+            recorder.finish(f"{STAGE}/write", Result.FAIL, f"{type(e).__name__}: {e}")
+            raise
         recorder.finish(f"{STAGE}/write", Result.SUCCESS,
                         f"{result.payload_bytes} bytes, {result.members} members")
         journal.write(image=image, phase="configure")
@@ -204,7 +208,6 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
             size = _install(image, store=store, target=target, layout=layout, serial=serial,
                             journal=journal, recorder=recorder, wipe_data=wipe_data)
         except ImageError as e:
-            recorder.finish(f"{STAGE}/write", Result.FAIL, str(e))
             store.history.finish_attempt(image.image_id, succeeded=False, reason=str(e))
             store.quarantine(image, str(e))
             quarantined.append(f"{image.label}: quarantined: {e}")

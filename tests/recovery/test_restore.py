@@ -121,6 +121,9 @@ def test_a_restore_skips_a_corrupt_image_configures_the_os_and_keeps_data(
         finished = {e.name: e.result for e in recorder.spool.events()
                     if e.type is EventType.FINISH}
         assert finished["restore/configure"] is Result.SUCCESS
+        writes = [e.result for e in recorder.spool.events()
+                  if e.type is EventType.FINISH and e.name == "restore/write"]
+        assert writes == [Result.FAIL, Result.SUCCESS]  # the corrupt image, then the older one
         assert (data / "customer.txt").read_text() == "keep me"
 
     with mounted(primary, tmp_path / "check") as root:
