@@ -15,7 +15,7 @@ Every reader takes `root` (default `/`) and reads `root/sys/...` and `root/proc/
   (what is installed, near the DIMMs' size) when present, else `/proc/meminfo` MemTotal (what
   the OS sees after the kernel's reservations); `memory_source` says which.
 - **Disks** are `/sys/block` entries minus loop, ram, zram, dm-, md, sr, fd, nbd, eMMC boot
-  areas, hidden NVMe paths and partitions (see `provision.blockdev`).
+  areas, hidden NVMe paths and partitions (see `kiln.blockdev`).
 - **NICs** are `/sys/class/net` interfaces with a `device` link (physical ones); MACs are
   lower case.
 - **PCI/USB** ids are 4 lower-case hex digits, from `/sys/bus/{pci,usb}/devices`.
@@ -31,11 +31,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from kiln.blockdev import Disk, DiskTransport, read_disks
 from kiln.contract import to_json
 from kiln.errors import KilnError
 from kiln.serverclient import UnitReport
-from provision.blockdev import Disk, DiskTransport, read_disks
-from provision.sysfs import read_attr, read_hex_id
+from kiln.sysfs import read_attr, read_hex_id
 
 __all__ = ["Cpu", "Disk", "DiskTransport", "Inventory", "InventoryError", "MemorySource",
            "Nic", "PciDevice", "UsbDevice", "find_serial", "read_inventory", "unit_report"]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.blockdev import DiskTransport, transport_of
+from kiln.blockdev import DiskTransport, transport_of
 from provision.inventory import (
     InventoryError,
     MemorySource,

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.sysfs import read_attr, read_flag
+from kiln.sysfs import read_attr, read_flag
 
 SECTOR_BYTES = 512
 _SKIPPED = re.compile(r"^(loop|ram|zram|dm-|md|sr|fd|nbd)|^mmcblk\d+boot\d+$")
