@@ -3,6 +3,7 @@ files the VM uses, so every combination can be checked without starting QEMU."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +115,27 @@ def _smbios(spec: VmSpec) -> list[str]:
     return ["-smbios", f"type=1,{text}"]
 
 
+def _backend(attached: AttachedDisk, drive: str) -> list[str]:
+    """The disk's file; guests' discards reach it (`discard=unmap`: discarded blocks read
+    back as zeros); operations the disk `rejects` fail with EIO through blkdebug."""
+    if not attached.disk.rejects:
+        return ["-drive", f"file={option(attached.path)},if=none,id={drive},"
+                          f"format={attached.format.value},discard=unmap"]
+    image = {"driver": attached.format.value, "discard": "unmap",
+             "file": {"driver": "file", "filename": str(attached.path), "discard": "unmap"}}
+    return ["-blockdev", json.dumps({
+        "driver": "blkdebug", "node-name": drive, "discard": "unmap", "image": image,
+        "inject-error": [{"event": "none", "iotype": str(operation), "errno": 5}
+                         for operation in attached.disk.rejects]}, separators=(",", ":"))]
+
+
 def _disks(disks: tuple[AttachedDisk, ...]) -> list[str]:
     argv: list[str] = []
     ahci_port = 0
     for index, attached in enumerate(disks):
         disk = attached.disk
         drive = f"disk{index}"
-        argv += ["-drive", f"file={option(attached.path)},if=none,id={drive},"
-                           f"format={attached.format.value}"]
+        argv += _backend(attached, drive)
         match disk.interface:
             case DiskInterface.VIRTIO:
                 device = f"virtio-blk-pci,drive={drive}"

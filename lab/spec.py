@@ -31,6 +31,14 @@ class DiskInterface(StrEnum):
     NVME = "nvme"  # nvme with a serial → /dev/nvmeXn1
 
 
+class RejectedOperation(StrEnum):
+    """A block operation the disk fails with EIO (QEMU's blkdebug): a device that rejects a
+    command, for the fallback paths of erase."""
+
+    DISCARD = "discard"  # TRIM, NVMe deallocate
+    WRITE_ZEROES = "write-zeroes"  # also what QEMU's NVMe Format NVM does to the medium
+
+
 class DiskFormat(StrEnum):
     QCOW2 = "qcow2"
     RAW = "raw"
@@ -70,6 +78,7 @@ class Disk:
     image: Path | None = None
     serial: str | None = None  # NVMe needs one; the lab makes one up when it is missing
     bootindex: int | None = None
+    rejects: tuple[RejectedOperation, ...] = ()
 
     def __post_init__(self) -> None:
         if self.image is None and self.size is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from lab import (
     VmSpec,
 )
 from lab.argv import AttachedDisk, VmFiles, build_argv
+from lab.spec import RejectedOperation
 
 WORK = Path("/w")
 
@@ -95,11 +97,11 @@ def test_disks_of_every_interface() -> None:
     ))
     command = argv(spec, formats=(DiskFormat.QCOW2,) * 4 + (DiskFormat.RAW,))
     assert values(command, "-drive") == [
-        "file=/w/disk0.qcow2,if=none,id=disk0,format=qcow2",
-        "file=/w/disk1.qcow2,if=none,id=disk1,format=qcow2",
-        "file=/w/disk2.qcow2,if=none,id=disk2,format=qcow2",
-        "file=/w/disk3.qcow2,if=none,id=disk3,format=qcow2",
-        "file=/images/built,,with,,mkfs.img,if=none,id=disk4,format=raw",
+        "file=/w/disk0.qcow2,if=none,id=disk0,format=qcow2,discard=unmap",
+        "file=/w/disk1.qcow2,if=none,id=disk1,format=qcow2,discard=unmap",
+        "file=/w/disk2.qcow2,if=none,id=disk2,format=qcow2,discard=unmap",
+        "file=/w/disk3.qcow2,if=none,id=disk3,format=qcow2,discard=unmap",
+        "file=/images/built,,with,,mkfs.img,if=none,id=disk4,format=raw,discard=unmap",
     ]
     assert values(command, "-device") == [
         "virtio-blk-pci,drive=disk0",
@@ -108,6 +110,19 @@ def test_disks_of_every_interface() -> None:
         "nvme,drive=disk3,serial=NV-2",
         "ide-hd,drive=disk4,bus=ide.1",
     ]
+
+
+def test_a_disk_that_rejects_operations_goes_through_blkdebug() -> None:
+    spec = VmSpec(disks=(Disk(size=1 << 30, interface=DiskInterface.NVME, rejects=(
+        RejectedOperation.WRITE_ZEROES, RejectedOperation.DISCARD)),))
+    command = argv(spec, formats=(DiskFormat.QCOW2,))
+    assert "-drive" not in command
+    backend = json.loads(values(command, "-blockdev")[0])
+    assert backend["driver"] == "blkdebug" and backend["node-name"] == "disk0"
+    assert backend["image"]["file"]["filename"] == "/w/disk0.qcow2"
+    assert [(e["iotype"], e["errno"]) for e in backend["inject-error"]] == [
+        ("write-zeroes", 5), ("discard", 5)]
+    assert values(command, "-device") == ["nvme,drive=disk0,serial=LABNVME0000"]
 
 
 def test_disk_bootindex_replaces_boot_c() -> None:
