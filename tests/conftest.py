@@ -18,8 +18,10 @@ import pytest
 from initramfs.builder import RamdiskBuild, build_ramdisk
 from kiln.image.signing import SigningKey, TrustStore, generate_keypair, load_signing_key
 from kiln.image.signing import load_public_key as load_public
+from kiln.process import run
 from lab import Lab
 from tests.provision.qemu_factory import Factory, running_factory
+from tests.recovery.loopdisk import DISK_BYTES, AttachLoop
 
 
 class UnexpectedCommand(AssertionError):
@@ -99,3 +101,25 @@ def factory(tmp_path_factory: pytest.TempPathFactory, signing_key: SigningKey,
     with running_factory(tmp_path_factory.mktemp("factory"), signing_key=signing_key,
                          public_key=signing_dir / "test.pub", ramdisk=ramdisk) as found:
         yield found
+
+
+@pytest.fixture
+def attach_loop(tmp_path: Path) -> Iterator[AttachLoop]:
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    attached: list[str] = []
+
+    def attach(*, sector_size: int = 512, size: int = DISK_BYTES) -> Path:
+        backing = tmp_path / f"disk{len(attached)}.img"
+        with backing.open("wb") as f:
+            f.truncate(size)  # sparse: costs nothing
+        device = run(["losetup", "--find", "--show", "--partscan", "--sector-size",
+                      str(sector_size), backing]).text.strip()
+        attached.append(device)
+        return Path(device)
+
+    try:
+        yield attach
+    finally:
+        for device in attached:
+            run(["losetup", "--detach", device])

@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kiln.image.builder import ImageSpec, build_image
 from kiln.image.signing import SigningKey
-from kiln.process import run
-from tests.recovery.loopdisk import DISK_BYTES, AttachLoop
 
 MakeImage = Callable[..., Path]
 
@@ -39,25 +36,3 @@ def make_image(tmp_path: Path, signing_key: SigningKey) -> MakeImage:
         return out
 
     return make
-
-
-@pytest.fixture
-def attach_loop(tmp_path: Path) -> Iterator[AttachLoop]:
-    if os.geteuid() != 0:
-        pytest.skip("loop devices need root")
-    attached: list[str] = []
-
-    def attach(*, sector_size: int = 512) -> Path:
-        backing = tmp_path / f"disk{len(attached)}.img"
-        with backing.open("wb") as f:
-            f.truncate(DISK_BYTES)  # sparse: costs nothing
-        device = run(["losetup", "--find", "--show", "--partscan", "--sector-size",
-                      str(sector_size), backing]).text.strip()
-        attached.append(device)
-        return Path(device)
-
-    try:
-        yield attach
-    finally:
-        for device in attached:
-            run(["losetup", "--detach", device])
