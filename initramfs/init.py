@@ -3,7 +3,8 @@
 Start-up: mount the kernel filesystems, read the command line, log to every console, start
 udev and wait for it to settle, mount RECOVERY (and log there too), decide the boot mode, act:
 manufacture (`mfgurl=`) brings the network up and runs `provision.manufacture`, then reboots;
-factory restore runs `initramfs.restoring` (`recovery.restore`), then reboots.
+factory restore runs `initramfs.restoring` (`recovery.restore`), data erase
+`initramfs.erasing` (`erase/`), each then reboots.
 PID 1 must never exit — that is a kernel panic — so every failure, expected or not, is logged
 with its traceback and ends in a reboot after a pause, or in a shell with `kiln.mode=shell`.
 """
@@ -14,12 +15,14 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from initramfs import network, system
 from initramfs.console import RunLog, uptime
 from initramfs.decide import BootMode, Decision, decide
+from initramfs.erasing import run_erase
 from initramfs.restoring import run_restore
 from initramfs.selftest import init_started_at, run_selftest
 from initramfs.volumes import DeviceVolumes, gather_facts
@@ -65,7 +68,9 @@ def act(decision: Decision, *, volumes: DeviceVolumes, run_log: RunLog,
     if decision.mode is BootMode.MANUFACTURE and cmdline.mfgurl:
         run_manufacture(cmdline.mfgurl, volumes=volumes, run_log=run_log)
     if decision.mode is BootMode.RESTORE:
-        factory_restore(volumes=volumes, run_log=run_log)
+        recovery_run("restore", run_restore, volumes=volumes, run_log=run_log)
+    if decision.mode is BootMode.ERASE:
+        recovery_run("erase", run_erase, volumes=volumes, run_log=run_log)
     log.warning("%s is not built into this ramdisk yet; rebooting in %.0f s",
                 decision.mode, NOT_BUILT_PAUSE_SECONDS)
     finish(volumes, run_log, pause=NOT_BUILT_PAUSE_SECONDS)
@@ -94,23 +99,34 @@ def run_manufacture(mfgurl: str, *, volumes: DeviceVolumes, run_log: RunLog) -> 
     finish(volumes, run_log, pause=MANUFACTURE_FAILED_PAUSE_SECONDS)
 
 
-def factory_restore(*, volumes: DeviceVolumes, run_log: RunLog) -> NoReturn:
-    """`initramfs.restoring`, then a reboot: into the restored OS, or to try again."""
+class Verdict(Protocol):
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def pause_seconds(self) -> float: ...
+
+
+def recovery_run(what: str, runner: Callable[[Path], Verdict], *, volumes: DeviceVolumes,
+                 run_log: RunLog) -> NoReturn:
+    """A run on RECOVERY's state (`initramfs.restoring`, `initramfs.erasing`), then a reboot:
+    into what it made, or to try again."""
     # PRIMARY may be mounted (read-only, for the decision): it is about to be remade.
     run_log.detach_recovery()
     volumes.unmount_all()
     recovery = volumes.mount_recovery()
     if recovery is None:
-        log.error("factory restore: no RECOVERY volume; rebooting in %.0f s",
+        log.error("%s: no RECOVERY volume; rebooting in %.0f s", what,
                   MANUFACTURE_FAILED_PAUSE_SECONDS)
         finish(volumes, run_log, pause=MANUFACTURE_FAILED_PAUSE_SECONDS)
     run_log.attach_recovery(RecoveryLayout(recovery).logs)
-    verdict = run_restore(recovery)
+    verdict = runner(recovery)
     if verdict.ok:
-        log.info("restore succeeded: %s; rebooting in %.0f s", verdict.message,
+        log.info("%s succeeded: %s; rebooting in %.0f s", what, verdict.message,
                  verdict.pause_seconds)
     else:
-        log.error("restore failed: %s; rebooting in %.0f s",
+        log.error("%s failed: %s; rebooting in %.0f s", what,
                   "; ".join(verdict.message.splitlines()), verdict.pause_seconds)
     finish(volumes, run_log, pause=verdict.pause_seconds)
 

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from initramfs.backoff import growing_pause, reset
 from kiln.errors import KilnError
 from kiln.events import EventRecorder, Result
-from kiln.fsutil import atomic_write_bytes
 from kiln.image.signing import PUBLIC_KEY_SUFFIXES, TrustStore
 from recovery.layout import RecoveryLayout, StateFile
 from recovery.restore import find_target, restore
@@ -30,9 +30,6 @@ from recovery.store import NoGoodImageError
 log = logging.getLogger(__name__)
 
 TOP = "restore"
-NO_IMAGE_FILE = "no-image-boots"
-FIRST_NO_IMAGE_PAUSE = 30.0
-MAX_NO_IMAGE_PAUSE = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,17 +37,6 @@ class RestoreVerdict:
     ok: bool
     message: str
     pause_seconds: float
-
-
-def no_image_pause(layout: RecoveryLayout) -> float:
-    """Count this boot without an image; the pause before the next reboot."""
-    path = layout.state / NO_IMAGE_FILE
-    try:
-        boots = int(path.read_text().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        boots = 0
-    atomic_write_bytes(path, f"{boots + 1}\n".encode())
-    return float(min(FIRST_NO_IMAGE_PAUSE * 2 ** boots, MAX_NO_IMAGE_PAUSE))
 
 
 def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
@@ -73,7 +59,7 @@ def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
         restored = restore(layout, target, trust=trust, serial=serial, variant=variant,
                            recorder=recorder)
     except NoGoodImageError as e:
-        pause = no_image_pause(layout)
+        pause = growing_pause(layout.state_file(StateFile.NO_IMAGE_BOOTS))
         recorder.finish(TOP, Result.FAIL, str(e))
         return RestoreVerdict(ok=False, pause_seconds=pause,
                               message=f"{e}\n(the next try follows a {pause:.0f} s pause)")
@@ -81,7 +67,7 @@ def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
         recorder.finish(TOP, Result.FAIL, f"{type(e).__name__}: {e}")
         return RestoreVerdict(ok=False, pause_seconds=failure_pause,
                               message=f"{type(e).__name__}: {e}")
-    (layout.state / NO_IMAGE_FILE).unlink(missing_ok=True)
+    reset(layout.state_file(StateFile.NO_IMAGE_BOOTS))
     seconds = time.monotonic() - started
     skipped = f"; gave up on {len(restored.quarantined)} bad image(s)" \
         if restored.quarantined else ""

@@ -5,6 +5,7 @@
     state/            restore journal, image history, identity and factory configuration
     requests/         restore.json / erase.json, written from the running OS
     keys/             trusted image-signing public keys
+    certificates/     erase certificates (see erase.certificate)
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class StateFile(enum.StrEnum):
     DEVICE_TOKEN = "device-token"  # noqa: S105 - a file name; 0600
     MACHINE_ID = "machine-id"  # the OS's /etc/machine-id, the same across restores
     JOURNAL = "restore-journal.json"  # a restore under way (see recovery.restore)
+    ERASE_JOURNAL = "erase-journal.json"  # an erase under way (see recovery.erasure)
+    NO_IMAGE_BOOTS = "no-image-boots"  # boots in a row with no good image (the back-off)
+    ERASE_FAILED_BOOTS = "erase-failed-boots"  # erases in a row that failed (the back-off)
 
 
 class Request(enum.StrEnum):
@@ -64,6 +68,11 @@ class RecoveryLayout:
     def network(self) -> Path:
         """An operator's saved systemd-networkd files, restored into the OS when present."""
         return self.state / "network"
+
+    @property
+    def certificates(self) -> Path:
+        """Erase certificates (`erase-<run>.json`; `.sent` beside each the server took)."""
+        return self.root / "certificates"
 
     @property
     def requests(self) -> Path:

@@ -53,10 +53,10 @@ $b poweroff -f
 """
 
 
-def make_os_image(work: Path, key: SigningKey, version: str) -> Path:
+def make_os_image(work: Path, key: SigningKey, version: str, *, init: str = OS_INIT) -> Path:
     """A signed image of a tiny OS: busybox, an init that prints what restore wrote."""
     root = make_test_root(work / f"os-{version}", flag=False)
-    (root / "sbin" / "init").write_text(OS_INIT)
+    (root / "sbin" / "init").write_text(init)
     (root / "etc").mkdir()
     (root / "etc" / "version").write_text(f"{version}\n")
     (root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")
