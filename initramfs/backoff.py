@@ -4,6 +4,7 @@ without a tight reboot loop, and the count survives power cuts."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from kiln.fsutil import atomic_write_bytes
@@ -18,7 +19,8 @@ def growing_pause(counter: Path) -> float:
         boots = int(counter.read_text().strip() or 0)
     except (FileNotFoundError, ValueError):
         boots = 0
-    atomic_write_bytes(counter, f"{boots + 1}\n".encode())
+    with contextlib.suppress(OSError):  # RECOVERY read-only or broken: pause anyway
+        atomic_write_bytes(counter, f"{boots + 1}\n".encode())
     return float(min(FIRST_PAUSE * 2 ** boots, MAX_PAUSE))
 
 

@@ -57,9 +57,9 @@ class DeviceClient(Closing):
                    document={"events": [event.to_json() for event in batch]})
 
     def send_erase_certificate(self, document: dict[str, Any]) -> None:
-        units = resolve_url(self.base_url, self.endpoints.units_url)
-        url = (f"{units.rstrip('/')}/{quote(self.serial, safe='')}"
-               "/erase-certificates")
+        # Beside the events endpoint, in the server's API: `…/api/v1/units/S/erase-certificates`.
+        events = resolve_url(self.base_url, self.endpoints.events_url)
+        url = resolve_url(events, f"units/{quote(self.serial, safe='')}/erase-certificates")
         self._post(url, what="erase certificate", document=document)
 
     def close(self) -> None:
