@@ -2,7 +2,8 @@
 
 Order (DESIGN.md): `mfgurl=` → manufacture; a forced `kiln.mode=` → that mode; an erase
 request on RECOVERY → erase; PRIMARY carries `/boot.normal` and no restore is requested →
-normal boot; anything else → factory restore. A reason never carries the line key that
+normal boot, unless the OS left its last `boot_limit` boots unconfirmed (`recovery.boots`);
+anything else → factory restore. A reason never carries the line key that
 `mfgurl=` holds (it reaches the console and RECOVERY's log).
 """
 
@@ -38,6 +39,8 @@ class BootFacts:
     restore_requested: bool
     primary: PrimaryState
     primary_detail: str = ""
+    unconfirmed_boots: int = 0  # hand-overs to the OS it never confirmed (recovery.boots)
+    boot_limit: int = 3
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,14 @@ def decide(facts: BootFacts) -> Decision:
         return Decision(_FORCED[facts.cmdline.mode], f"kiln.mode={facts.cmdline.mode}")
     if facts.erase_requested:
         return Decision(BootMode.ERASE, "an erase was requested on RECOVERY")
-    if facts.primary is PrimaryState.READY and not facts.restore_requested:
+    gave_up = facts.unconfirmed_boots >= facts.boot_limit
+    if facts.primary is PrimaryState.READY and not facts.restore_requested and not gave_up:
         return Decision(BootMode.NORMAL, "PRIMARY carries /boot.normal")
     if facts.restore_requested:
         reason = "a restore was requested on RECOVERY"
+    elif facts.primary is PrimaryState.READY:
+        reason = (f"the OS did not confirm its last {facts.unconfirmed_boots} boots: its "
+                  "image counts a failed attempt")
     else:
         reason = {
             PrimaryState.MISSING: "no PRIMARY partition",

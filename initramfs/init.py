@@ -29,7 +29,8 @@ from initramfs.volumes import DeviceVolumes, gather_facts
 from kiln.cmdline import DebugAction, ForcedMode, KernelCommandLine, parse_cmdline
 from provision.manufacture import manufacture
 from provision.mfgsteps import LogHooks
-from recovery.layout import RecoveryLayout
+from recovery.boots import count_handover
+from recovery.layout import FLAG_FILE, RecoveryLayout
 
 log = logging.getLogger("kiln.init")
 
@@ -58,8 +59,15 @@ def announce(decision: Decision) -> None:
 
 
 def act(decision: Decision, *, volumes: DeviceVolumes, run_log: RunLog,
-        cmdline: KernelCommandLine) -> NoReturn:
+        cmdline: KernelCommandLine, recovery: Path | None = None) -> NoReturn:
     if decision.mode is BootMode.NORMAL:
+        if recovery is not None:
+            try:
+                counted = count_handover(RecoveryLayout(recovery), label=read_flag(volumes))
+                log.info("normal boot %d of %s that the OS has not confirmed yet",
+                         counted.count, counted.label or "the installed image")
+            except OSError as e:  # never a reason not to boot
+                log.warning("cannot count this boot on RECOVERY: %s", e)
         log.info("normal boot: handing over to %s's /sbin/init", cmdline.root)
         run_log.detach_recovery()
         system.switch_root(volumes.sysroot)
@@ -131,6 +139,13 @@ def recovery_run(what: str, runner: Callable[[Path], Verdict], *, volumes: Devic
     finish(volumes, run_log, pause=verdict.pause_seconds)
 
 
+def read_flag(volumes: DeviceVolumes) -> str:
+    try:
+        return (volumes.sysroot / FLAG_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
 def shell_then_reboot(cmdline: KernelCommandLine) -> NoReturn:
     console = cmdline.console_devices[-1]
     log.info("starting a shell on %s; leave it to reboot", console)
@@ -166,7 +181,7 @@ def boot(run_log: RunLog, cmdline: KernelCommandLine, volumes: DeviceVolumes) ->
         log.warning("no RECOVERY volume found")
     decision = decide(facts)
     announce(decision)
-    act(decision, volumes=volumes, run_log=run_log, cmdline=cmdline)
+    act(decision, volumes=volumes, run_log=run_log, cmdline=cmdline, recovery=recovery)
 
 
 def main() -> NoReturn:

@@ -12,6 +12,7 @@ from initramfs.decide import BootFacts, PrimaryState
 from kiln.cmdline import KernelCommandLine
 from kiln.errors import KilnError
 from kiln.process import CommandError, run
+from recovery.boots import BOOT_LIMIT, unconfirmed
 from recovery.layout import FLAG_FILE, RECOVERY_LABEL, RecoveryLayout, Request
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,11 @@ class DeviceVolumes:
         self.mounted.clear()
 
 
+def _unconfirmed_boots(layout: RecoveryLayout | None) -> int:
+    found = unconfirmed(layout) if layout else None
+    return found.count if found else 0
+
+
 def gather_facts(cmdline: KernelCommandLine, volumes: Volumes) -> tuple[BootFacts, Path | None]:
     """The facts for `decide`, and RECOVERY's mount point (for logs) when it was found."""
     recovery = None
@@ -110,5 +116,7 @@ def gather_facts(cmdline: KernelCommandLine, volumes: Volumes) -> tuple[BootFact
         restore_requested=bool(layout and layout.requested(Request.RESTORE)),
         primary=primary,
         primary_detail=detail,
+        unconfirmed_boots=_unconfirmed_boots(layout),
+        boot_limit=BOOT_LIMIT,
     )
     return facts, recovery

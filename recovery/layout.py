@@ -31,6 +31,8 @@ class StateFile(enum.StrEnum):
     DEVICE_TOKEN = "device-token"  # noqa: S105 - a file name; 0600
     MACHINE_ID = "machine-id"  # the OS's /etc/machine-id, the same across restores
     JOURNAL = "restore-journal.json"  # a restore under way (see recovery.restore)
+    INSTALLED = "installed.json"  # the image the last restore put on PRIMARY (recovery.boots)
+    UNCONFIRMED_BOOTS = "unconfirmed-boots.json"  # hand-overs the OS has not confirmed
     ERASE_JOURNAL = "erase-journal.json"  # an erase under way (see recovery.erasure)
     NO_IMAGE_BOOTS = "no-image-boots"  # boots in a row with no good image (the back-off)
     ERASE_FAILED_BOOTS = "erase-failed-boots"  # erases in a row that failed (the back-off)

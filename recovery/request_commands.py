@@ -1,5 +1,5 @@
-"""`kiln request restore|erase|cancel` and `kiln status`, run inside the appliance's OS, where
-RECOVERY is mounted on /recovery (the fstab restore writes)."""
+"""`kiln request restore|erase|cancel`, `kiln boot-done` and `kiln status`, run inside the
+appliance's OS, where RECOVERY is mounted on /recovery (the fstab restore writes)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.image.signing import TrustStore
+from recovery.boots import confirm
 from recovery.layout import RecoveryLayout, Request
 from recovery.requests import cancel, request_erase, request_restore, status
 from recovery.store import ImageStore
@@ -58,6 +59,13 @@ def add_status(tree: CommandTree) -> None:
     parser.set_defaults(handler=_status)
 
 
+def add_boot_done(tree: CommandTree) -> None:
+    parser = tree.command("boot-done", "confirm that the OS came up: the Kiln ramdisk stops "
+                                       "counting this image's boots (run it at every boot)")
+    _recovery(parser)
+    parser.set_defaults(handler=_boot_done)
+
+
 def _on_recovery(handler: Callable[[argparse.Namespace, RecoveryLayout], int]) -> Handler:
     """The command's handler, given RECOVERY's layout; exit 2 when --recovery is not one."""
 
@@ -91,6 +99,12 @@ def _erase(arguments: argparse.Namespace, layout: RecoveryLayout) -> int:
 def _cancel(arguments: argparse.Namespace, layout: RecoveryLayout) -> int:
     withdrawn = cancel(layout, Request(arguments.request))
     print(f"{arguments.request} request {'withdrawn' if withdrawn else 'was not pending'}")
+    return 0
+
+
+@_on_recovery
+def _boot_done(arguments: argparse.Namespace, layout: RecoveryLayout) -> int:
+    print("boot confirmed" if confirm(layout) else "no unconfirmed boot was counted")
     return 0
 
 

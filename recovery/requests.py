@@ -102,5 +102,9 @@ def status(layout: RecoveryLayout, store: ImageStore, *, root: Path = Path("/"))
         "requests": {request.value: _json_file(layout.request_file(request))
                      for request in Request if layout.requested(request)},
         "restore_under_way": _json_file(layout.state_file(StateFile.JOURNAL)),
+        "erase_under_way": _json_file(layout.state_file(StateFile.ERASE_JOURNAL)),
+        "unconfirmed_boots": _json_file(layout.state_file(StateFile.UNCONFIRMED_BOOTS)),
+        "erase_certificates": [{"file": path.name, "sent": path.with_suffix(".sent").exists()}
+                               for path in sorted(layout.certificates.glob("erase-*.json"))],
         "last_runs": [path.name for path in logs[:5]],
     }

@@ -18,7 +18,11 @@ Rules, in order:
    writes the unit's configuration. DATA is never touched, unless a restore request from the
    OS says `keep_data: false`: then it gets a fresh, empty file system (same label and UUID).
 5. **Finish**: everything synced, `/boot.normal` written and synced last, PRIMARY unmounted,
-   the attempt recorded as succeeded, the journal removed, a restore request cleared.
+   the attempt recorded as succeeded, the image recorded as installed (its boots are counted
+   from now on, `recovery.boots`), the journal removed, a restore request cleared.
+6. **Boots the OS never confirmed**: a restore that follows `BOOT_LIMIT` unconfirmed boots
+   first records a failed attempt for the installed image, so an image that cannot boot is
+   abandoned after the history's failure limit.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from kiln.image.extract import extract
 from kiln.image.reader import ImageReader
 from kiln.image.signing import TrustStore
 from kiln.process import run
+from recovery import boots
 from recovery.layout import FLAG_FILE, RecoveryLayout, Request, StateFile
 from recovery.osconfig import Mounts, configure
 from recovery.partitioning import make_filesystem
@@ -193,6 +198,11 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
                     "as a failed attempt", previous.get("image"), previous.get("run_id"),
                     previous.get("phase"))
     store = ImageStore(layout.root, trust)
+    gave_up = boots.unconfirmed(layout)
+    if gave_up is not None and gave_up.given_up and gave_up.image_id:
+        reason = f"the OS did not confirm {gave_up.count} boots in a row"
+        log.warning("restore: %s did not boot (%s): a failed attempt", gave_up.label, reason)
+        store.history.finish_attempt(gave_up.image_id, succeeded=False, reason=reason)
     request = read_restore_request(layout)
     wipe_data = request is not None and not request.keep_data
     quarantined: list[str] = []
@@ -219,6 +229,7 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
                                          reason=f"{type(e).__name__}: {e}")
             raise
         store.history.finish_attempt(image.image_id, succeeded=True)
+        boots.record_installed(layout, image_id=image.image_id, label=image.label)
         journal.remove()
         layout.request_file(Request.RESTORE).unlink(missing_ok=True)
         return Restored(image=image, quarantined=tuple(quarantined), payload_bytes=size,

@@ -60,6 +60,7 @@ $b mkdir -p /run/data /run/recovery
 $b mount "$($b findfs LABEL=DATA)" /run/data
 $b mount "$($b findfs LABEL=RECOVERY)" /run/recovery
 secret=$($b cat /run/data/secret.txt 2>/dev/null || $b echo none)
+$b rm -f /run/recovery/state/unconfirmed-boots.json  # kiln boot-done
 $b echo "{OS_MARK} version $($b cat /etc/version) secret $secret"
 if [ "$secret" = none ]; then
     secret="kiln-secret-$($b cat /proc/sys/kernel/random/uuid)"

@@ -11,6 +11,8 @@ import pytest
 from initramfs.decide import BootFacts, BootMode, PrimaryState, decide, redacted
 from initramfs.volumes import MountError, VolumeMissingError, gather_facts
 from kiln.cmdline import parse_cmdline
+from recovery.boots import BOOT_LIMIT, confirm, count_handover
+from recovery.layout import RecoveryLayout
 
 
 class FakeVolumes:
@@ -70,6 +72,22 @@ def test_no_flag_file_restores(system: FakeVolumes) -> None:
     mode, reason = decision_for(system)
     assert mode is BootMode.RESTORE
     assert "no /boot.normal" in reason
+
+
+def test_boots_the_os_never_confirmed_end_in_a_restore(system: FakeVolumes) -> None:
+    flag(system)
+    layout = RecoveryLayout(system.root / "recovery")
+    layout.state.mkdir(parents=True)
+    for _ in range(BOOT_LIMIT - 1):
+        count_handover(layout, label="app 2.0")
+    assert decision_for(system)[0] is BootMode.NORMAL
+    count_handover(layout, label="app 2.0")
+    mode, reason = decision_for(system)
+    assert mode is BootMode.RESTORE
+    assert reason == (f"the OS did not confirm its last {BOOT_LIMIT} boots: its image counts "
+                      "a failed attempt")
+    confirm(layout)
+    assert decision_for(system)[0] is BootMode.NORMAL
 
 
 def test_restore_request_wins_over_the_flag(system: FakeVolumes) -> None:

@@ -17,6 +17,8 @@ from kiln.image.signing import SigningKey, TrustStore
 from kiln.manufdata import Firmware
 from kiln.process import run
 from kiln.shadow import sha512_crypt
+from recovery.boots import BOOT_LIMIT, count_handover, installed, record_installed, unconfirmed
+from recovery.history import DEFAULT_FAILURE_LIMIT
 from recovery.layout import FLAG_FILE, RecoveryLayout, Request, StateFile
 from recovery.osconfig import Mounts, hostname_for
 from recovery.partitioning import AppliedDisk, apply_plan
@@ -220,3 +222,34 @@ def test_the_target_is_found_by_partition_uuid(tmp_path: Path) -> None:
     ("x" * 80, "x" * 63)])
 def test_the_hostname_comes_from_the_serial(serial: str, name: str) -> None:
     assert hostname_for(serial) == name
+
+
+@pytest.mark.loop
+@pytest.mark.allow_commands(*COMMANDS)
+def test_an_image_whose_boots_are_never_confirmed_is_given_up_for_the_older_one(
+        attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey,
+        trust: TrustStore) -> None:
+    plan, applied = _partitioned(attach_loop, Firmware.BIOS)
+    with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
+        layout = RecoveryLayout(rec)
+        layout.state.mkdir()
+        store = ImageStore(rec, trust)
+        store.add(_image(tmp_path, signing_key, "1.0.0"))
+        newer = store.add(_image(tmp_path, signing_key, "2.0.0"))
+        target = _target(plan, applied, tmp_path / "primary")
+        recorder = EventRecorder(serial="SN3", spool_dir=layout.logs)
+        # Two earlier rounds of 2.0.0 that never came up, and the third just ended.
+        for _ in range(DEFAULT_FAILURE_LIMIT - 1):
+            store.history.finish_attempt(newer.image_id, succeeded=False, reason="no boot")
+        record_installed(layout, image_id=newer.image_id, label=newer.label)
+        for _ in range(BOOT_LIMIT):
+            count_handover(layout, label=newer.label)
+        restored = restore(layout, target, trust=trust, serial="SN3", variant=None,
+                           recorder=recorder)
+        assert restored.image.manifest.version == "1.0.0"
+        record = store.history.record(newer.image_id)
+        assert record.consecutive_failures == DEFAULT_FAILURE_LIMIT
+        assert record.last_reason == f"the OS did not confirm {BOOT_LIMIT} boots in a row"
+        assert unconfirmed(layout) is None
+        installed_now = installed(layout)
+        assert installed_now is not None and installed_now.image_id == restored.image.image_id

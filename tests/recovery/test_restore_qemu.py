@@ -40,6 +40,7 @@ $b mkdir -p /run/data /run/recovery
 $b mount "$($b findfs LABEL=DATA)" /run/data
 $b mount "$($b findfs LABEL=RECOVERY)" /run/recovery
 data=$($b cat /run/data/customer.txt 2>/dev/null || $b echo none)
+$b rm -f /run/recovery/state/unconfirmed-boots.json  # kiln boot-done
 $b echo "{OS_MARK} pid $$ version $($b cat /etc/version) host $($b cat /etc/hostname) \\
 data $data id $($b cat /etc/machine-id)"
 if [ "$data" = none ]; then
@@ -124,6 +125,10 @@ def test_manufacture_then_the_first_restore_then_a_normal_boot(
     assert line.endswith(machine_id)
     state = ext4_listing(disk, rec, "/state", work=work)
     assert "restore-journal.json" not in state and "disks.json" in state
+    # The ramdisk counted each hand-over to the OS; the OS confirmed it (kiln boot-done).
+    assert "installed.json" in state and "unconfirmed-boots.json" not in state
+    for name in ("normal", "normal-again"):
+        assert "normal boot 1 of demo 3.1.0" in (tmp_path / f"{name}.txt").read_text()
     history = json.loads(ext4_read(disk, rec, "/state/image-history.json", work=work))
     assert '"successes": 2' in json.dumps(history)  # the first restore and the requested one
     assert "restore.json" not in ext4_listing(disk, rec, "/requests", work=work)
