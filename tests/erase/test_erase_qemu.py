@@ -78,6 +78,10 @@ $b poweroff -f
 """
 
 
+WROTE = OS_MARK + r" wrote [^\r\n]*"
+VERSION = OS_MARK + r" version [^\r\n]*"
+
+
 def _boot(lab: Lab, spec: VmSpec, work: Path, *, name: str, until: str) -> tuple[str, str, str]:
     """Boot once; (the ramdisk's decision, the line `until` matched, the console)."""
     with lab.vm(spec) as vm:
@@ -143,7 +147,7 @@ def test_erase_on_the_recovery_disk_then_a_fresh_os(
 
     decision, line, _ = _boot(lab, spec, tmp_path, name="restore", until=restored)
     assert (decision, "restore succeeded" in line) == ("restore", True), line
-    decision, line, _ = _boot(lab, spec, tmp_path, name="normal", until=OS_MARK + " wrote .*")
+    decision, line, _ = _boot(lab, spec, tmp_path, name="normal", until=WROTE)
     assert decision == "normal"
     secret = re.search(r"kiln-secret-[0-9a-f-]+", line)
     assert secret is not None, line
@@ -176,7 +180,7 @@ def test_erase_on_the_recovery_disk_then_a_fresh_os(
 
     decision, line, _ = _boot(lab, spec, tmp_path, name="fresh-restore", until=restored)
     assert (decision, "restore succeeded: demo 4.0.0" in line) == ("restore", True), line
-    decision, line, _ = _boot(lab, spec, tmp_path, name="fresh", until=OS_MARK + " version .*")
+    decision, line, _ = _boot(lab, spec, tmp_path, name="fresh", until=VERSION)
     assert decision == "normal"
     assert line.endswith("version 4.0.0 secret none"), line  # a fresh OS, an empty DATA
 
@@ -220,7 +224,7 @@ def test_device_erase_of_an_nvme_disk_that_rejects_the_format_falls_back_on_ovmf
     restored = r"kiln: restore (succeeded|failed): [^\r\n]*"
     decision, line, _ = _boot(lab, spec, tmp_path, name="restore", until=restored)
     assert (decision, "restore succeeded" in line) == ("restore", True), line
-    decision, line, _ = _boot(lab, spec, tmp_path, name="normal", until=OS_MARK + " wrote .*")
+    decision, line, _ = _boot(lab, spec, tmp_path, name="normal", until=WROTE)
     assert decision == "normal"
     primary_before = partition_table(nvme)
 
