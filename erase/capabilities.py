@@ -134,10 +134,6 @@ class Capabilities:
     methods: tuple[Method, ...] = ()
     passed_over: tuple[str, ...] = field(default=())
 
-    def describe(self) -> dict[str, object]:
-        return {"methods": [str(m) for m in self.methods], "passed_over": list(self.passed_over),
-                "discard": self.discard, "logical_sector": self.logical_sector}
-
 
 def ata_words(text: str) -> tuple[int, ...]:
     """`/sys/class/ata_device/devN.M/id`: 256 words as 4-digit hex, 8 to a line."""

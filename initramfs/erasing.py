@@ -21,6 +21,7 @@ from pathlib import Path
 
 from erase import certificate
 from erase.capabilities import detect
+from erase.methods import Progress
 from erase.run import RegionResult, erase_region
 from initramfs import network
 from initramfs.backoff import growing_pause, reset
@@ -30,6 +31,7 @@ from kiln.errors import KilnError
 from kiln.events import EventRecorder, Level, Result, spools
 from kiln.manufdata import ServerEndpoints
 from kiln.serverclient import ServerError
+from provision.fill import EventProgress
 from recovery.erasure import (
     Devices,
     EraseJournal,
@@ -58,16 +60,16 @@ def _failed(layout: RecoveryLayout) -> float:
     return growing_pause(layout.state_file(StateFile.ERASE_FAILED_BOOTS))
 
 
-class _Throttled:
-    """Progress events every tenth of the way, for the server's live view."""
+def _progress(recorder: EventRecorder, name: str, label: str) -> Progress:
+    """`provision.fill.EventProgress` (console, and an event with rate and time left every
+    tenth of the way) fed with the erase methods' (done, total)."""
+    shown = EventProgress(label, recorder=recorder, stage=name)
 
-    def __init__(self, recorder: EventRecorder, name: str):
-        self.recorder, self.name, self.next_tenth = recorder, name, 1
+    def advance(done: int, total: int) -> None:
+        shown.total = total
+        shown.advance(done - shown.done)
 
-    def __call__(self, done: int, total: int) -> None:
-        if total and done * 10 >= self.next_tenth * total:
-            self.recorder.progress(self.name, done=done, total=total)
-            self.next_tenth = done * 10 // total + 1
+    return advance
 
 
 def _erase_target(target: EraseTarget, *, recorder: EventRecorder,
@@ -86,7 +88,8 @@ def _erase_target(target: EraseTarget, *, recorder: EventRecorder,
             recorder.log(name, Level.INFO, line)
 
         result = erase_region(region, capabilities, run_id=recorder.run_id,
-                              progress=_Throttled(recorder, name), announce=announce,
+                              progress=_progress(recorder, name, region.name),
+                              announce=announce,
                               root=devices.root)
         recorder.finish(name, Result.SUCCESS if result.verified else Result.FAIL,
                         f"{result.method or 'every method failed'}; "
