@@ -17,7 +17,7 @@ import requests
 from kiln.events import Event
 from kiln.manufdata import ServerEndpoints, resolve_url
 from kiln.resource import Closing
-from kiln.serverclient import EVENTS_TIMEOUT, TIMEOUT, ServerError, _detail
+from kiln.serverclient import EVENTS_TIMEOUT, TIMEOUT, send
 
 
 class DeviceClient(Closing):
@@ -40,15 +40,9 @@ class DeviceClient(Closing):
 
     def _post(self, url: str, *, what: str, document: Any,
               timeout: tuple[float, float] = TIMEOUT) -> requests.Response:
-        try:
-            response = self._session.post(url, json=document, verify=self._verify,
-                                          timeout=timeout)
-        except requests.RequestException as e:
-            raise ServerError(f"{what}: cannot reach the server: {e}") from None
-        if not response.ok:
-            raise ServerError(f"{what}: the server answered {response.status_code}: "
-                              f"{_detail(response)}", status=response.status_code)
-        return response
+        trust = "the CA in state/server.json" if self._ca_dir else "the system's CAs"
+        return send(self._session, "POST", url, what=what, verify=self._verify, trust=trust,
+                    timeout=timeout, json=document)
 
     def send_events(self, batch: Sequence[Event]) -> None:
         """A `kiln.events.Sender`."""

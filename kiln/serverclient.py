@@ -100,20 +100,9 @@ class ServerClient(Closing):
         return self._verify
 
     def _request(self, method: str, url: str, *, what: str, **kwargs: Any) -> requests.Response:
-        auth = kwargs.pop("auth", self._line)
-        timeout = kwargs.pop("timeout", TIMEOUT)
-        try:
-            response = self._session.request(method, url, auth=auth, verify=self._verify,
-                                             timeout=timeout, **kwargs)
-        except requests.exceptions.SSLError as e:
-            raise ServerError(f"{what}: the server's certificate does not verify against "
-                              f"{self._describe_trust()}: {e}") from None
-        except requests.RequestException as e:
-            raise ServerError(f"{what}: cannot reach {urlsplit(url).netloc}: {e}") from None
-        if not response.ok:
-            raise ServerError(f"{what}: the server answered {response.status_code}: "
-                              f"{_detail(response)}", status=response.status_code)
-        return response
+        kwargs.setdefault("auth", self._line)
+        return send(self._session, method, url, what=what, verify=self._verify,
+                    trust=self._describe_trust(), **kwargs)
 
     def _describe_trust(self) -> str:
         if self._pinned_dir is not None:
@@ -185,6 +174,25 @@ class ServerClient(Closing):
         self._session.close()
         if self._pinned_dir is not None:
             self._pinned_dir.cleanup()
+
+
+def send(session: requests.Session, method: str, url: str, *, what: str, verify: bool | str,
+         trust: str, timeout: tuple[float, float] = TIMEOUT,
+         **kwargs: Any) -> requests.Response:
+    """One request to the Kiln server; `ServerError` names `what` failed and why (no route,
+    a certificate that does not verify against `trust`, a refusal with the server's
+    detail)."""
+    try:
+        response = session.request(method, url, verify=verify, timeout=timeout, **kwargs)
+    except requests.exceptions.SSLError as e:
+        raise ServerError(f"{what}: the server's certificate does not verify against "
+                          f"{trust}: {e}") from None
+    except requests.RequestException as e:
+        raise ServerError(f"{what}: cannot reach {urlsplit(url).netloc}: {e}") from None
+    if not response.ok:
+        raise ServerError(f"{what}: the server answered {response.status_code}: "
+                          f"{_detail(response)}", status=response.status_code)
+    return response
 
 
 def _detail(response: requests.Response) -> str:
