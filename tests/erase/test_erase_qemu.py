@@ -42,6 +42,7 @@ from tests.provision.qemu_factory import (
     manufacture_direct,
     partition_table,
     placed,
+    recovery_on_its_own_disk,
     stored_images,
 )
 from tests.recovery.test_restore_qemu import make_os_image
@@ -187,14 +188,9 @@ def test_erase_on_the_recovery_disk_then_a_fresh_os(
 
 def _two_disks(factory: Factory, image: Path, image_id: str,
                ramdisk: RamdiskBuild) -> dict[str, Any]:
-    document = lab_manufdata(image=image, image_id=image_id, kernel=ramdisk.kernel,
-                             initrd=ramdisk.initrd, unit=LabUnit(data_bytes=256 * MIB))
-    document["variants"][0]["disks"] = [
-        {"role": "primary", "transport": "nvme", "min_size_bytes": 3 * GIB,
-         "max_size_bytes": 5 * GIB},
-        {"role": "recovery", "min_size_bytes": GIB, "max_size_bytes": 2 * GIB}]
-    document["layout"]["recovery_disk"] = "separate"
-    return document
+    return recovery_on_its_own_disk(lab_manufdata(
+        image=image, image_id=image_id, kernel=ramdisk.kernel, initrd=ramdisk.initrd,
+        unit=LabUnit(data_bytes=256 * MIB)))
 
 
 def test_device_erase_of_an_nvme_disk_that_rejects_the_format_falls_back_on_ovmf(

@@ -96,6 +96,17 @@ def running_factory(work: Path, *, signing_key: SigningKey, public_key: Path,
         yield Factory(server, token, mfgurl, image, image_id, ramdisk)
 
 
+def recovery_on_its_own_disk(document: dict[str, Any]) -> dict[str, Any]:
+    """manufData for two disks: PRIMARY and DATA on a 3 to 5 GiB NVMe disk, RECOVERY (and the
+    ESP) on a 1 to 2 GiB disk of its own."""
+    document["variants"][0]["disks"] = [
+        {"role": "primary", "transport": "nvme", "min_size_bytes": 3 * GIB,
+         "max_size_bytes": 5 * GIB},
+        {"role": "recovery", "min_size_bytes": GIB, "max_size_bytes": 2 * GIB}]
+    document["layout"]["recovery_disk"] = "separate"
+    return document
+
+
 def blank_disk(path: Path, size: int = DISK_BYTES) -> Disk:
     with path.open("wb") as handle:
         handle.truncate(size)

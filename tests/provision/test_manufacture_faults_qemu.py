@@ -34,6 +34,7 @@ from tests.provision.qemu_factory import (
     manufdata,
     partition_table,
     placed,
+    recovery_on_its_own_disk,
     sha256_of,
     stored_images,
 )
@@ -185,12 +186,7 @@ def _two_disks(factory: Factory) -> dict[str, Any]:
               point="after_partition"),
         _hook(factory, "label", "#!/bin/sh\necho printer offline >&2\nexit 4\n",
               point="before_reboot", on_failure="warn")]
-    document["variants"][0]["disks"] = [
-        {"role": "primary", "transport": "nvme", "min_size_bytes": 3 * GIB,
-         "max_size_bytes": 5 * GIB},
-        {"role": "recovery", "min_size_bytes": GIB, "max_size_bytes": 2 * GIB}]
-    document["layout"]["recovery_disk"] = "separate"
-    return document
+    return recovery_on_its_own_disk(document)
 
 
 def test_two_disks_recovery_on_its_own_and_an_nvme_primary_then_manufactured_again(
