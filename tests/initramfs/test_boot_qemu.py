@@ -71,7 +71,7 @@ def test_pxe_on_ovmf_reaches_the_decision(
     )) as vm:
         vm.wait_for(r"unknown kernel parameter 'kiln.bogus=1'", timeout=180)
         decision = vm.wait_for(DECISION, timeout=60)
-        vm.wait_for(r"factory restore: no RECOVERY volume; rebooting", timeout=30)
+        vm.wait_for(r"kiln: restore: no RECOVERY volume; rebooting", timeout=30)
         assert vm.wait_exit(timeout=60) == 0  # the reboot, which -no-reboot turns into an exit
         assert (tmp_path / "tftp" / "boot.ipxe").exists()
     assert decision.group(1) == "restore"
