@@ -232,7 +232,8 @@ def test_an_nvme_disk_that_fails_the_format_fails_the_erase_safely_on_ovmf(
     # command would. Each method is tried and said to fail; the erase ends failed, with a
     # certificate that says so, the request kept and a back-off, never a claim of success.
     for method in ("nvme-format-user-data", "discard"):
-        assert re.search(rf"disk nvme0n1: {method} failed \(.*\); falling back", console), method
+        assert re.search(rf"disk nvme0n1: {method} failed \(.*?\); falling back", console,
+                         re.DOTALL), method  # the tool's stderr makes it several lines
     assert "erase failed: not every region was erased and verified: disk nvme0n1: not " \
            "erased; rebooting in 30 s" in line, line
     [certificate] = _certificates(factory, serial)
