@@ -138,6 +138,9 @@ def add_commands(tree: CommandTree) -> None:
                       help="the unit's serial number (default KILN-DEMO-0001)")
     demo.add_argument("--keep", action="store_true",
                       help="keep the scratch directory after a success too")
+    demo.add_argument("--stay", action="store_true",
+                      help="after a success, keep the server up (the unit's record in the web "
+                           "UI) until Ctrl-C")
     demo.set_defaults(handler=_demo)
 
 
@@ -153,7 +156,7 @@ def _demo(arguments: argparse.Namespace) -> int:
     return run_demo(DemoOptions(
         cache=arguments.cache or default_cache(), scratch=arguments.scratch,
         key=arguments.key, firmware=arguments.firmware, serial=arguments.serial,
-        keep=arguments.keep))
+        keep=arguments.keep, stay=arguments.stay))
 
 
 def _profile(arguments: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ import functools
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,6 +78,7 @@ class DemoOptions:
     serial: str = "KILN-DEMO-0001"
     version: str = "1.0.0"
     keep: bool = False  # keep the scratch directory after a success too
+    stay: bool = False  # after a success, keep the server up until Ctrl-C
 
 
 class StepFailed(KilnError):
@@ -148,12 +151,16 @@ class Demo:
               f"scratch directory {self.scratch}; cache {options.cache}", file=self.out)
         failed: BaseException | None = None
         try:
-            self._lifecycle()
-        except (KilnError, OSError, KeyboardInterrupt) as e:
-            failed = e
+            try:
+                self._lifecycle()
+            except (KilnError, OSError, KeyboardInterrupt) as e:
+                failed = e
+            self._summary(failed)
+            if failed is None and options.stay:
+                self._stay()
         finally:
             self.server.stop()
-        return self._finish(failed)
+        return self._clean_up(failed)
 
     def _lifecycle(self) -> None:
         key, server, image_step, ramdisk_step, profile, manufacture, restore, normal = STEPS
@@ -210,11 +217,13 @@ class Demo:
         serial = self.options.serial
         self.say(f"kiln server on SQLite in {server.data_dir}, serving {server.url} "
                  f"(the unit reaches it at {server.guest_url})")
-        self.say(f"watch the unit live (log in as {admin.username}, one-time password "
+        self.say(f"watch the unit live (log in as {admin.username} with the password "
                  f"{admin.password}):")
         self.say(f"    web UI      {server.unit_page(serial)}")
         self.say(f"    API stream  curl -N -H \"Authorization: Bearer $(cat {token_file})\" "
                  f"{server.stream_url(serial)}")
+        self.say("    (both answer 'not found' until the unit reports itself, about half a "
+                 "minute after it powers on)")
         self.done(f"{server.url}, admin created, image key trusted")
 
     def _image(self, key_path: Path) -> tuple[Path, str]:
@@ -232,7 +241,7 @@ class Demo:
     def _ramdisk(self, public_key: Path) -> Path:
         out = self.options.cache / "ramdisk"
         self.say("kiln initramfs build: Debian's kernel and Python, Kiln's appliance code "
-                 "(about 90 s when its inputs changed)")
+                 "(a minute or two when its inputs changed)")
         env = {"HOME": str(Path.home())} | {
             name: os.environ[name] for name in ("KILN_CACHE",) if name in os.environ}
         result = run([*KILN, "-v", "initramfs", "build", "--out", out, "--trust", public_key],
@@ -396,7 +405,7 @@ class Demo:
 
     # -- the end -----------------------------------------------------------------------------
 
-    def _finish(self, failed: BaseException | None) -> int:
+    def _summary(self, failed: BaseException | None) -> None:
         ran = {step.title for step in self.steps}
         for title in STEPS:
             if title not in ran:
@@ -407,16 +416,29 @@ class Demo:
         print(f"  total {clock(total)} min", file=self.out)
         if failed is None:
             print(f"\nUnit {self.options.serial} was manufactured over PXE, restored from "
-                  "RECOVERY and booted its OS.", file=self.out)
+                  "RECOVERY and booted its OS.", file=self.out, flush=True)
+            return
+        step = next((s.title for s in self.steps if s.outcome is Outcome.FAILED), "setup")
+        why = str(failed).strip() or type(failed).__name__
+        print(f"\nkiln demo: step {step!r} failed: {why}", file=self.out, flush=True)
+
+    def _stay(self) -> None:
+        server = self.server
+        print(f"The server stays up until Ctrl-C: {server.unit_page(self.options.serial)} "
+              f"(log in as {server.admin.username if server.admin else '?'}).", file=self.out,
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+    def _clean_up(self, failed: BaseException | None) -> int:
+        if failed is None:
             if self.options.keep:
                 print(f"Kept the scratch directory {self.scratch}.", file=self.out)
             else:
                 shutil.rmtree(self.scratch, ignore_errors=True)
                 print("Removed the scratch directory (--keep keeps it).", file=self.out)
             return 0
-        step = next((s.title for s in self.steps if s.outcome is Outcome.FAILED), "setup")
-        why = str(failed).strip() or type(failed).__name__
-        print(f"\nkiln demo: step {step!r} failed: {why}", file=self.out)
         logs = sorted(p.name for p in self.scratch.glob("*.log"))
         print(f"Kept the scratch directory {self.scratch} ({', '.join(logs) or 'no logs'}).",
               file=self.out, flush=True)
@@ -432,7 +454,21 @@ def write_ipxe_script_text(tftp: Path, lines: list[str]) -> Path:
     return path
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
 def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> int:
-    return Demo(options, out=out).run()
+    """Run the demo; SIGTERM and SIGHUP end it as Ctrl-C does (the VM and the server
+    stopped, the summary printed), never leaving them behind."""
+    if threading.current_thread() is not threading.main_thread():
+        return Demo(options, out=out).run()
+    previous = {number: signal.signal(number, _interrupted)
+                for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return Demo(options, out=out).run()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
