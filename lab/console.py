@@ -59,11 +59,13 @@ class Console:
         exit_status: Callable[[], int | None],
         describe_exit: Callable[[], str] = lambda: "",
         from_start: bool = False,
+        poll: float = POLL_SECONDS,
     ) -> re.Match[str]:
         """The first match of `pattern` (a regex; MULTILINE when given as text) after the
-        last match. Raises `ConsoleTimeout` after `timeout` seconds and `VmExited` as soon
-        as `exit_status()` (QEMU's exit code, or None while it runs) says QEMU is gone and
-        the console it left does not match. Both errors quote the console's tail."""
+        last match, looked for every `poll` seconds. Raises `ConsoleTimeout` after `timeout`
+        seconds and `VmExited` as soon as `exit_status()` (QEMU's exit code, or None while it
+        runs) says QEMU is gone and the console it left does not match. Both errors quote the
+        console's tail."""
         regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         start = 0 if from_start else self._cursor
@@ -86,7 +88,7 @@ class Console:
                     f"the console did not show {regex.pattern!r} within {timeout:.1f} s\n"
                     f"--- console tail ({self.path}) ---\n{self.tail()}"
                 )
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll)
 
 
 def follow(

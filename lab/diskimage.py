@@ -5,11 +5,14 @@ and mtools. Tests use them as the disks a unit would have after manufacture or r
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 from kiln.process import run
 from lab.errors import LabError
@@ -102,34 +105,78 @@ def _make_filesystem(image: Path, placed: PlacedPartition) -> None:
                     timeout=300)
 
 
-def copy_partition(image: Path, placed: PlacedPartition, target: Path) -> Path:
-    """Copy one partition of a raw image to its own file."""
-    with image.open("rb") as source, target.open("wb") as sink:
-        source.seek(placed.start)
-        left = placed.size
-        while left:
-            block = source.read(min(left, 4 * MIB))
-            if not block:
+def copy_sparse(source: Path, target: Path, *, start: int = 0, size: int | None = None) -> Path:
+    """Copy `size` bytes of `source` from `start` (all of it by default) to `target`, holes
+    kept as holes: only the extents that hold data are read (SEEK_DATA/SEEK_HOLE), so a
+    mostly empty 4 GiB disk image or partition copies in a moment and costs its data only."""
+    with source.open("rb") as src, target.open("wb") as dst:
+        end = os.fstat(src.fileno()).st_size if size is None else start + size
+        offset = start
+        while offset < end:
+            try:
+                data = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no data after offset
+                    break
+                raise
+            if data >= end:
                 break
-            sink.write(block)
-            left -= len(block)
+            hole = min(os.lseek(src.fileno(), data, os.SEEK_HOLE), end)
+            _copy_extent(src, dst, offset=data, length=hole - data, shift=start)
+            offset = hole
+        dst.truncate(end - start)
     return target
 
 
-def ext4_listing(image: Path, placed: PlacedPartition, directory: str, *, work: Path) -> list[str]:
-    """The names in `directory` of an ext4 partition, as the guest left it.
+def _copy_extent(src: BinaryIO, dst: BinaryIO, *, offset: int, length: int, shift: int) -> None:
+    while length:
+        block = os.pread(src.fileno(), min(length, 4 * MIB), offset)
+        if not block:
+            raise LabError(f"{src.name}: ends early at byte {offset}")
+        os.pwrite(dst.fileno(), block, offset - shift)
+        offset += len(block)
+        length -= len(block)
 
-    The partition is copied out and its journal replayed (`e2fsck -fy`) first: debugfs alone
-    shows the state before the journal, which after a power cut is stale."""
-    copy = copy_partition(image, placed, work / f"{placed.partition.label}.ext4")
-    run(["e2fsck", "-fy", copy], success_codes=(0, 1, 2), timeout=300)
-    listing = run(["debugfs", "-R", f"ls -p {directory}", copy], timeout=60).text
-    names = [line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6]
-    return sorted(name for name in names if name not in (".", ".."))
+
+def copy_partition(image: Path, placed: PlacedPartition, target: Path) -> Path:
+    """Copy one partition of a raw image to its own (sparse) file."""
+    return copy_sparse(image, target, start=placed.start, size=placed.size)
+
+
+@dataclass(frozen=True)
+class Ext4Copy:
+    """One ext4 partition of a disk image copied out with its journal replayed
+    (`e2fsck -fy`), as the guest left it: debugfs alone shows the state before the journal,
+    which after a power cut is stale. Read as many files from it as needed."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, image: Path, placed: PlacedPartition, *, work: Path) -> Ext4Copy:
+        copy = copy_partition(image, placed, work / f"{placed.partition.label}.ext4")
+        run(["e2fsck", "-fy", copy], success_codes=(0, 1, 2), timeout=300)
+        return cls(copy)
+
+    def listing(self, directory: str) -> list[str]:
+        """The names in `directory` (none when it does not exist)."""
+        listing = run(["debugfs", "-R", f"ls -p {directory}", self.path], timeout=60).text
+        names = [line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6]
+        return sorted(name for name in names if name not in (".", ".."))
+
+    def read(self, path: str) -> bytes:
+        """A file's bytes (empty when it does not exist: check with `exists`)."""
+        return run(["debugfs", "-R", f"cat {path}", self.path], timeout=60).stdout
+
+    def exists(self, path: str) -> bool:
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return name in self.listing(parent or "/")
+
+
+def ext4_listing(image: Path, placed: PlacedPartition, directory: str, *, work: Path) -> list[str]:
+    """The names in `directory` of an ext4 partition, as the guest left it (`Ext4Copy`)."""
+    return Ext4Copy.of(image, placed, work=work).listing(directory)
 
 
 def ext4_read(image: Path, placed: PlacedPartition, path: str, *, work: Path) -> bytes:
-    """A file's bytes from an ext4 partition (journal replayed on a copy first)."""
-    copy = copy_partition(image, placed, work / f"{placed.partition.label}.ext4")
-    run(["e2fsck", "-fy", copy], success_codes=(0, 1, 2), timeout=300)
-    return run(["debugfs", "-R", f"cat {path}", copy], timeout=60).stdout
+    """A file's bytes from an ext4 partition, as the guest left it (`Ext4Copy`)."""
+    return Ext4Copy.of(image, placed, work=work).read(path)

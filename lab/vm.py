@@ -29,7 +29,7 @@ from typing import BinaryIO, Self
 from kiln.process import Spawned, run, spawn
 from lab.accel import Accel, detect_accelerator
 from lab.argv import QEMU, AttachedDisk, VmFiles, build_argv
-from lab.console import Console, follow
+from lab.console import POLL_SECONDS, Console, follow
 from lab.errors import LabError
 from lab.kernel import is_elf
 from lab.qmp import Qmp
@@ -245,14 +245,17 @@ class Vm:
         return self._console
 
     def wait_for(
-        self, pattern: str | re.Pattern[str], timeout: float = 60.0, *, from_start: bool = False
+        self, pattern: str | re.Pattern[str], timeout: float = 60.0, *, from_start: bool = False,
+        poll: float = POLL_SECONDS,
     ) -> re.Match[str]:
         """Wait until the console shows `pattern` (a regex) after the previous match.
-        `timeout` is in TCG seconds (scaled by the lab's factor). Raises `ConsoleTimeout` or,
-        when QEMU exits first, `VmExited`; both quote the console's tail."""
+        `timeout` is in TCG seconds (scaled by the lab's factor); `poll` is how often the
+        console is read (shorter to act on a line within milliseconds, e.g. a power cut).
+        Raises `ConsoleTimeout` or, when QEMU exits first, `VmExited`; both quote the
+        console's tail."""
         return self._the_console().wait_for(
             pattern, timeout=self.lab.scale(timeout), exit_status=lambda: self.exit_status,
-            describe_exit=self._describe_exit, from_start=from_start,
+            describe_exit=self._describe_exit, from_start=from_start, poll=poll,
         )
 
     def console_text(self) -> str:

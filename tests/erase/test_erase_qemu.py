@@ -46,7 +46,7 @@ from tests.provision.qemu_factory import (
     recovery_on_its_own_disk,
     stored_images,
 )
-from tests.recovery.test_restore_qemu import make_os_image
+from tests.recovery.testos import make_os_image
 
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
 

@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 
 from initramfs.builder import RamdiskBuild
-from kiln.image.builder import ImageSpec, build_image
 from kiln.image.signing import SigningKey
 from lab import Lab
 from lab.diskimage import ext4_listing, ext4_read
 from lab.profile import MIB, LabUnit, lab_manufdata
 from lab.spec import BootDevice, Disk, Firmware, VmSpec
-from tests.initramfs.conftest import make_test_root
 from tests.provision.qemu_factory import (
     QEMU_COMMANDS,
     Factory,
@@ -25,47 +23,9 @@ from tests.provision.qemu_factory import (
     partition_table,
     placed,
 )
+from tests.recovery.testos import OS_MARK, make_os_image
 
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
-
-OS_MARK = "KILN-TEST-OS:"
-# The test OS: it reports what restore wrote and what DATA holds; on its first boot it
-# leaves a file on DATA and asks for a restore that keeps DATA, as `kiln request restore`
-# would (busybox has no Python for the real command; tests/recovery/test_requests.py has it).
-OS_INIT = f"""#!/bin/busybox sh
-b=/bin/busybox
-$b mount -t proc proc /proc
-$b mount -t tmpfs tmpfs /run
-$b mkdir -p /run/data /run/recovery
-$b mount "$($b findfs LABEL=DATA)" /run/data
-$b mount "$($b findfs LABEL=RECOVERY)" /run/recovery
-data=$($b cat /run/data/customer.txt 2>/dev/null || $b echo none)
-$b rm -f /run/recovery/state/unconfirmed-boots.json  # kiln boot-done
-$b echo "{OS_MARK} pid $$ version $($b cat /etc/version) host $($b cat /etc/hostname) \\
-data $data id $($b cat /etc/machine-id)"
-if [ "$data" = none ]; then
-    $b echo "keep me" > /run/data/customer.txt
-    $b mkdir -p /run/recovery/requests
-    $b echo '{{"keep_data": true, "reason": "test OS"}}' > /run/recovery/requests/restore.json
-fi
-$b sync
-$b umount /run/data /run/recovery
-$b poweroff -f
-"""
-
-
-def make_os_image(work: Path, key: SigningKey, version: str, *, init: str = OS_INIT) -> Path:
-    """A signed image of a tiny OS: busybox, an init that prints what restore wrote."""
-    root = make_test_root(work / f"os-{version}", flag=False)
-    (root / "sbin" / "init").write_text(init)
-    (root / "etc").mkdir()
-    (root / "etc" / "version").write_text(f"{version}\n")
-    (root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-    out = work / f"testos-{version}.upd"
-    build_image(root, out, spec=ImageSpec(product="demo", version=version, build=0,
-                                          variants=("qemu-lab",),
-                                          created="2026-11-01T00:00:00Z"), keys=[key])
-    return out
 
 
 def _boot_disk(lab: Lab, disk: Path, work: Path, *, name: str,
