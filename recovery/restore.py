@@ -17,9 +17,13 @@ Rules, in order:
    `kiln.root=` stay right), the image is streamed into it, then `recovery.osconfig`
    writes the unit's configuration. DATA is never touched, unless a restore request from the
    OS says `keep_data: false`: then it gets a fresh, empty file system (same label and UUID).
-5. **Finish**: everything synced, `/boot.normal` written and synced last, PRIMARY unmounted,
-   the attempt recorded as succeeded, the image recorded as installed (its boots are counted
-   from now on, `recovery.boots`), the journal removed, a restore request cleared.
+5. **Finish**: everything synced; then the attempt recorded as succeeded, the image recorded
+   as installed (its boots are counted from now on, `recovery.boots`), the journal removed
+   and a restore request cleared; then `/boot.normal` written and synced last. A power cut
+   before the flag leaves a PRIMARY without it, which the next boot restores again; a cut
+   after it finds nothing left open (had the records come after the flag, an unrequested
+   restore cut between the two would boot normally with its attempt and journal open for
+   good).
 6. **Boots the OS never confirmed**: a restore that follows `BOOT_LIMIT` unconfirmed boots
    first records a failed attempt for the installed image, so an image that cannot boot is
    abandoned after the history's failure limit.
@@ -32,7 +36,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +164,8 @@ def _mounted(node: Path, target: Path) -> Iterator[Path]:
 
 
 def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: RecoveryLayout,
-             serial: str, journal: Journal, recorder: EventRecorder, wipe_data: bool) -> int:
+             serial: str, journal: Journal, recorder: EventRecorder, wipe_data: bool,
+             settle: Callable[[], None]) -> int:
     journal.write(image=image, phase="format")
     if wipe_data and target.data is not None and target.data_plan is not None:
         with recorder.stage(f"{STAGE}/data", "a fresh, empty DATA file system (requested)"):
@@ -182,6 +187,7 @@ def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: R
             done = configure(root, layout=layout, serial=serial, mounts=target.mounts)
             log.info("restore: configured: %s", "; ".join(done))
         os.sync()
+        settle()
         atomic_write_bytes(root / FLAG_FILE, f"{image.label}\n".encode())  # the last write
     return result.payload_bytes
 
@@ -206,6 +212,7 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
     request = read_restore_request(layout)
     wipe_data = request is not None and not request.keep_data
     quarantined: list[str] = []
+    settled: list[StoredImage] = []  # the image whose restore is recorded as complete
     while True:
         with recorder.stage(f"{STAGE}/pick", f"variant {variant or 'any'}"):
             try:
@@ -214,9 +221,22 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
                 raise NoGoodImageError([*quarantined, *e.reasons]) from None
         log.info("restore: %s onto %s", image.label, target.primary)
         store.history.begin_attempt(image.image_id)
+
+        def settle(image: StoredImage = image) -> None:
+            store.history.finish_attempt(image.image_id, succeeded=True)
+            boots.record_installed(layout, image_id=image.image_id, label=image.label)
+            journal.remove()
+            requested = layout.request_file(Request.RESTORE)
+            if requested.exists():
+                requested.unlink()
+                fsync_directory(requested.parent)
+            settled.append(image)
+            log.info("restore: %s recorded as installed; the flag file next", image.label)
+
         try:
             size = _install(image, store=store, target=target, layout=layout, serial=serial,
-                            journal=journal, recorder=recorder, wipe_data=wipe_data)
+                            journal=journal, recorder=recorder, wipe_data=wipe_data,
+                            settle=settle)
         except ImageError as e:
             store.history.finish_attempt(image.image_id, succeeded=False, reason=str(e))
             store.quarantine(image, str(e))
@@ -225,12 +245,9 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
                       image.label, e)
             continue
         except BaseException as e:
-            store.history.finish_attempt(image.image_id, succeeded=False,
-                                         reason=f"{type(e).__name__}: {e}")
+            if not settled:  # after settling, PRIMARY lacks only its flag: the next boot
+                store.history.finish_attempt(image.image_id, succeeded=False,  # restores
+                                             reason=f"{type(e).__name__}: {e}")
             raise
-        store.history.finish_attempt(image.image_id, succeeded=True)
-        boots.record_installed(layout, image_id=image.image_id, label=image.label)
-        journal.remove()
-        layout.request_file(Request.RESTORE).unlink(missing_ok=True)
         return Restored(image=image, quarantined=tuple(quarantined), payload_bytes=size,
                         seconds=time.monotonic() - started)

@@ -253,3 +253,43 @@ def test_an_image_whose_boots_are_never_confirmed_is_given_up_for_the_older_one(
         assert unconfirmed(layout) is None
         installed_now = installed(layout)
         assert installed_now is not None and installed_now.image_id == restored.image.image_id
+
+
+@pytest.mark.loop
+@pytest.mark.allow_commands(*COMMANDS)
+def test_everything_is_recorded_before_the_flag_so_a_cut_there_leaves_nothing_open(
+        attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey, trust: TrustStore,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unrequested restore (a blank PRIMARY) whose flag write is lost: the next boot sees
+    no flag and restores again; had the records come after the flag, a cut between them
+    would boot normally with the attempt and the journal open for good."""
+    plan, applied = _partitioned(attach_loop, Firmware.BIOS)
+    with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
+        layout = RecoveryLayout(rec)
+        layout.state.mkdir()
+        store = ImageStore(rec, trust)
+        stored = store.add(_image(tmp_path, signing_key, "1.0.0"))
+        target = _target(plan, applied, tmp_path / "primary")
+        recorder = EventRecorder(serial="SN4", spool_dir=layout.logs)
+
+        def power_lost(path: Path, data: bytes) -> None:
+            raise OSError(f"power lost before {path.name} was written")
+
+        with monkeypatch.context() as patch:
+            patch.setattr("recovery.restore.atomic_write_bytes", power_lost)
+            with pytest.raises(OSError, match=r"power lost before boot\.normal"):
+                restore(layout, target, trust=trust, serial="SN4", variant=None,
+                        recorder=recorder)
+        record = store.history.record(stored.image_id)
+        assert (record.successes, record.failures, record.in_progress) == (1, 0, False)
+        assert not layout.state_file(StateFile.JOURNAL).exists()
+        installed_then = installed(layout)
+        assert installed_then is not None and installed_then.image_id == stored.image_id
+        with mounted(applied.node(R.PRIMARY), tmp_path / "cut") as root:
+            assert not (root / FLAG_FILE).exists()  # so the next boot restores again
+
+        restore(layout, target, trust=trust, serial="SN4", variant=None, recorder=recorder)
+        record = store.history.record(stored.image_id)
+        assert (record.successes, record.interrupted, record.in_progress) == (2, 0, False)
+    with mounted(applied.node(R.PRIMARY), tmp_path / "check") as root:
+        assert (root / FLAG_FILE).read_text().startswith("app 1.0.0")
