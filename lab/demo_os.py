@@ -23,6 +23,13 @@ _DYNAMIC_HINT = b"ld-linux"  # a dynamic ELF names its interpreter near the star
 DEMO_OS_INIT = f"""#!/bin/busybox sh
 b=/bin/busybox
 $b mount -t proc proc /proc
+$b mount -t tmpfs tmpfs /run
+$b mkdir -p /run/recovery
+# Confirm the boot (what `kiln boot-done` does), or Kiln counts it as one that failed.
+if $b mount "$($b findfs LABEL=RECOVERY)" /run/recovery; then
+    $b rm -f /run/recovery/state/unconfirmed-boots.json
+    $b umount /run/recovery
+fi
 $b echo
 $b echo "Kiln demo OS $($b cat /{VERSION_FILE}) is up as pid $$ on $($b cat /etc/hostname)"
 $b echo "{DEMO_OS_MARK} version $($b cat /{VERSION_FILE}) host $($b cat /etc/hostname) \\

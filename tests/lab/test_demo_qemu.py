@@ -14,10 +14,11 @@ import pytest
 
 from initramfs.builder import RamdiskBuild
 from lab.demo import STEPS, DemoOptions, run_demo
+from lab.diskimage import ext4_listing
 from lab.spec import Firmware
+from tests.provision.qemu_factory import QEMU_COMMANDS, partition_table, placed
 
-pytestmark = [pytest.mark.qemu,
-              pytest.mark.allow_commands("python", "tar", "qemu-system-x86_64")]
+pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
 
 
 def test_the_demo_takes_a_unit_through_manufacture_restore_and_a_normal_boot(
@@ -48,3 +49,9 @@ def test_the_demo_takes_a_unit_through_manufacture_restore_and_a_normal_boot(
     for phase in ("manufacture", "restore", "normal"):
         assert (scratch / f"console-{phase}.log").stat().st_size > 0
     assert "Kernel panic" not in (scratch / "console-normal.log").read_text()
+    # The demo OS confirmed its boot, as every OS image must (or Kiln gives it up).
+    disk = scratch / "unit.img"
+    rec = placed(partition_table(disk), 0, "RECOVERY")
+    (tmp_path / "check").mkdir()
+    state = ext4_listing(disk, rec, "/state", work=tmp_path / "check")
+    assert "installed.json" in state and "unconfirmed-boots.json" not in state, state
