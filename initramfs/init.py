@@ -11,6 +11,7 @@ with its traceback and ends in a reboot after a pause, or in a shell with `kiln.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -35,6 +36,7 @@ from recovery.layout import FLAG_FILE, RecoveryLayout
 log = logging.getLogger("kiln.init")
 
 CRASH_PAUSE_SECONDS = 10.0
+RAMDISK_VERSION_FILE = Path("/etc/kiln/boot.json")  # optional: the ramdisk's own version
 NOT_BUILT_PAUSE_SECONDS = 5.0
 MANUFACTURED_PAUSE_SECONDS = 3.0
 MANUFACTURE_FAILED_PAUSE_SECONDS = 10.0
@@ -184,6 +186,16 @@ def boot(run_log: RunLog, cmdline: KernelCommandLine, volumes: DeviceVolumes) ->
     act(decision, volumes=volumes, run_log=run_log, cmdline=cmdline, recovery=recovery)
 
 
+def ramdisk_version(path: Path = RAMDISK_VERSION_FILE) -> str:
+    """The ramdisk's version for its first line (" 2.1.0"), when its /etc/kiln/boot.json
+    (`recovery.bootfiles`'s format) says it; else nothing."""
+    try:
+        version = json.loads(path.read_text())["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" {version}" if isinstance(version, str) and version.isprintable() else ""
+
+
 def main() -> NoReturn:
     run_log: RunLog | None = None
     volumes: DeviceVolumes | None = None
@@ -192,7 +204,8 @@ def main() -> NoReturn:
         system.early_mounts()
         cmdline = read_cmdline()
         run_log = RunLog(cmdline.console_devices)
-        log.info("Kiln ramdisk started (run %s) at %.3f s", run_log.run_id, uptime())
+        log.info("Kiln ramdisk%s started (run %s) at %.3f s", ramdisk_version(),
+                 run_log.run_id, uptime())
         volumes = DeviceVolumes()
         boot(run_log, cmdline, volumes)
     except BaseException:  # PID 1 must not die: anything at all ends in a defined state

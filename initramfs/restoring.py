@@ -23,9 +23,12 @@ from initramfs.backoff import growing_pause, reset
 from kiln.errors import KilnError
 from kiln.events import EventRecorder, Result
 from kiln.image.signing import PUBLIC_KEY_SUFFIXES, TrustStore
+from recovery.bootfiles import BootFilesUpdate
+from recovery.bootsetup import console_arguments
 from recovery.layout import RecoveryLayout, StateFile
-from recovery.restore import find_target, restore
+from recovery.restore import find_target, load_disks, restore
 from recovery.store import NoGoodImageError
+from recovery.uefi_entries import EFIVARS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,13 @@ class RestoreVerdict:
     ok: bool
     message: str
     pause_seconds: float
+
+
+def _console_args() -> str:
+    try:
+        return console_arguments(Path("/proc/cmdline").read_text())
+    except OSError:
+        return ""
 
 
 def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
@@ -56,8 +66,11 @@ def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
         trust = TrustStore.from_paths(sorted(path for path in trust_dir.iterdir()
                                              if path.suffix in PUBLIC_KEY_SUFFIXES))
         target = find_target(layout, mount_point=work / "primary")
+        boot_files = BootFilesUpdate(layout=layout, plans=load_disks(layout),
+                                     esp_mount=work / "esp", console_args=_console_args(),
+                                     efivars=EFIVARS if EFIVARS.is_dir() else None)
         restored = restore(layout, target, trust=trust, serial=serial, variant=variant,
-                           recorder=recorder)
+                           recorder=recorder, boot_files=boot_files)
     except NoGoodImageError as e:
         pause = growing_pause(layout.state_file(StateFile.NO_IMAGE_BOOTS))
         recorder.finish(TOP, Result.FAIL, str(e))

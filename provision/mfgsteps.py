@@ -43,7 +43,8 @@ from provision.hooks import HookContext
 from provision.inventory import Disk
 from provision.preflight import check_sources
 from provision.validate import Validation
-from recovery.bootsetup import install_boot
+from recovery.bootfiles import mounted_esp
+from recovery.bootsetup import console_arguments, install_boot
 from recovery.layout import RecoveryLayout
 from recovery.partitioning import AppliedDisk, apply_plan
 from recovery.partitions import PartitionRole, TargetDisk, plan_layout
@@ -211,10 +212,9 @@ def secrets(state: RunState) -> StepNote:
 def _console_args(root: Path) -> str:
     """The running kernel's `console=` arguments: the unit keeps the line's consoles."""
     try:
-        words = (root / "proc/cmdline").read_text().split()
+        return console_arguments((root / "proc/cmdline").read_text())
     except OSError:
         return ""
-    return " ".join(word for word in words if word.startswith("console="))
 
 
 def _boot_file(state: RunState, kind: FileKind) -> Path | None:
@@ -239,18 +239,10 @@ def boot_setup(state: RunState) -> StepNote:
                              esp_mount=None, recovery_mount=state.layout.root, kernel=kernel,
                              initrd=initrd, console_args=console)
         return StepNote(message=f"GRUB in the MBR of {applied.device}, {setup.config}")
-    esp = state.machine.work / "esp"
-    esp.mkdir(parents=True, exist_ok=True)
-    # Explicit charsets: Debian's kernel defaults vfat to iocharset=ascii, a module the
-    # ramdisk does not carry (nls_utf8 and nls_cp437 it does).
-    run(["mount", "-t", "vfat", "-o", "iocharset=utf8,codepage=437",
-         applied.node(PartitionRole.ESP), esp], timeout=120)
-    try:
+    with mounted_esp(applied.node(PartitionRole.ESP), state.machine.work / "esp") as esp:
         setup = install_boot(firmware=firmware, disk=applied.device, applied=applied,
                              esp_mount=esp, recovery_mount=state.layout.root, kernel=kernel,
                              initrd=initrd, console_args=console)
-    finally:
-        run(["umount", esp], timeout=120)
     entries = ensure_uefi_entries(esp=EspLocation.from_plan(applied.plan),
                                   console_args=console)
     return StepNote(message=f"GRUB at {setup.loader.relative_to(esp)} on {applied.device}; "

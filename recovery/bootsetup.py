@@ -96,6 +96,12 @@ def kernel_arguments(entry: MenuEntry, console_args: str) -> str:
     return " ".join(part for part in (console_args.strip(), entry.args) if part)
 
 
+def console_arguments(cmdline: str) -> str:
+    """The `console=` words of a kernel command line: the unit keeps the consoles it booted
+    with (the factory line's at manufacture, GRUB's entry's after)."""
+    return " ".join(word for word in cmdline.split() if word.startswith("console="))
+
+
 def serial_unit(console_args: str) -> tuple[int, int] | None:
     """(unit, baud) of the first `console=ttySN[,baud…]`, for GRUB's own serial terminal."""
     for word in console_args.split():
@@ -160,14 +166,14 @@ def _fs_uuid(applied: AppliedDisk, role: PartitionRole, disk: Path) -> str:
 def _install_uefi(*, disk: Path, applied: AppliedDisk, esp: Path, kernel: Path, initrd: Path,
                   console_args: str, timeout: int) -> BootSetup:
     fs_uuid = _fs_uuid(applied, PartitionRole.ESP, disk)
-    target_kernel = _place(kernel, esp / ESP_KILN_DIR / KERNEL_NAME, disk=disk)
-    target_initrd = _place(initrd, esp / ESP_KILN_DIR / INITRD_NAME, disk=disk)
+    target_kernel = place_file(kernel, esp / ESP_KILN_DIR / KERNEL_NAME, disk=disk)
+    target_initrd = place_file(initrd, esp / ESP_KILN_DIR / INITRD_NAME, disk=disk)
     loader = esp / FALLBACK_LOADER
     _standalone(loader, fs_uuid=fs_uuid, disk=disk)
     text = grub_config(fs_uuid=fs_uuid, kernel=f"/{ESP_KILN_DIR}/{KERNEL_NAME}",
                        initrd=f"/{ESP_KILN_DIR}/{INITRD_NAME}", console_args=console_args,
                        timeout=timeout)
-    config = _write_config(esp / "boot" / "grub" / "grub.cfg", text, disk=disk)
+    config = write_config(esp / "boot" / "grub" / "grub.cfg", text, disk=disk)
     return BootSetup(firmware=Firmware.UEFI, disk=disk, loader=loader, config=config,
                      kernel=target_kernel, initrd=target_initrd, entries=MENU, config_text=text)
 
@@ -175,8 +181,8 @@ def _install_uefi(*, disk: Path, applied: AppliedDisk, esp: Path, kernel: Path, 
 def _install_bios(*, disk: Path, applied: AppliedDisk, recovery: Path, kernel: Path,
                   initrd: Path, console_args: str, timeout: int) -> BootSetup:
     fs_uuid = _fs_uuid(applied, PartitionRole.RECOVERY, disk)
-    target_kernel = _place(kernel, recovery / "boot" / KERNEL_NAME, disk=disk)
-    target_initrd = _place(initrd, recovery / "boot" / INITRD_NAME, disk=disk)
+    target_kernel = place_file(kernel, recovery / "boot" / KERNEL_NAME, disk=disk)
+    target_initrd = place_file(initrd, recovery / "boot" / INITRD_NAME, disk=disk)
     plan = applied.plan
     try:
         install_grub_pc(disk=disk, boot_dir=recovery / "boot", fs_uuid=fs_uuid,
@@ -187,7 +193,7 @@ def _install_bios(*, disk: Path, applied: AppliedDisk, recovery: Path, kernel: P
     text = grub_config(fs_uuid=fs_uuid, kernel=f"/boot/{KERNEL_NAME}",
                        initrd=f"/boot/{INITRD_NAME}", console_args=console_args,
                        timeout=timeout)
-    config = _write_config(recovery / "boot" / "grub" / "grub.cfg", text, disk=disk)
+    config = write_config(recovery / "boot" / "grub" / "grub.cfg", text, disk=disk)
     return BootSetup(firmware=Firmware.BIOS, disk=disk, loader=disk, config=config,
                      kernel=target_kernel, initrd=target_initrd, entries=MENU, config_text=text)
 
@@ -231,7 +237,7 @@ def _grub_tool(disk: Path, *, step: str, argv: list[str | os.PathLike[str]]) -> 
         raise BootSetupError(f"{disk}: {step} failed: {e}") from e
 
 
-def _place(source: Path, target: Path, *, disk: Path) -> Path:
+def place_file(source: Path, target: Path, *, disk: Path) -> Path:
     """Copy `source` to `target` (through a temporary name), unless it already is `target`."""
     try:
         if target.exists() and os.path.samefile(source, target):
@@ -246,7 +252,7 @@ def _place(source: Path, target: Path, *, disk: Path) -> Path:
     return target
 
 
-def _write_config(path: Path, text: str, *, disk: Path) -> Path:
+def write_config(path: Path, text: str, *, disk: Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")

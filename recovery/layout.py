@@ -36,6 +36,7 @@ class StateFile(enum.StrEnum):
     ERASE_JOURNAL = "erase-journal.json"  # an erase under way (see recovery.erasure)
     NO_IMAGE_BOOTS = "no-image-boots"  # boots in a row with no good image (the back-off)
     ERASE_FAILED_BOOTS = "erase-failed-boots"  # erases in a row that failed (the back-off)
+    BOOT_FILES = "boot-files.json"  # the Kiln boot files' version (recovery.bootfiles)
 
 
 class Request(enum.StrEnum):

@@ -15,7 +15,9 @@ Rules, in order:
    older one is restored in the same run. No image left → `NoGoodImageError`.
 4. **Write**: PRIMARY gets a new ext4 with its planned label and UUID (so /etc/fstab and
    `kiln.root=` stay right), the image is streamed into it, then `recovery.osconfig`
-   writes the unit's configuration. DATA is never touched, unless a restore request from the
+   writes the unit's configuration, and the Kiln boot files the image carries replace the
+   installed ones when newer (`recovery.bootfiles`; a failure there is a warning). DATA is
+   never touched, unless a restore request from the
    OS says `keep_data: false`: then it gets a fresh, empty file system (same label and UUID).
 5. **Finish**: everything synced; then the attempt recorded as succeeded, the image recorded
    as installed (its boots are counted from now on, `recovery.boots`), the journal removed
@@ -59,6 +61,8 @@ from recovery.requests import read_restore_request
 from recovery.store import ImageStore, NoGoodImageError, StoredImage
 
 log = logging.getLogger(__name__)
+
+BootFilesStep = Callable[[Path], "str | None"]  # recovery.bootfiles.BootFilesUpdate
 
 STAGE = "restore"
 
@@ -165,7 +169,7 @@ def _mounted(node: Path, target: Path) -> Iterator[Path]:
 
 def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: RecoveryLayout,
              serial: str, journal: Journal, recorder: EventRecorder, wipe_data: bool,
-             settle: Callable[[], None]) -> int:
+             settle: Callable[[], None], boot_files: BootFilesStep | None) -> int:
     journal.write(image=image, phase="format")
     if wipe_data and target.data is not None and target.data_plan is not None:
         with recorder.stage(f"{STAGE}/data", "a fresh, empty DATA file system (requested)"):
@@ -186,14 +190,33 @@ def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: R
         with recorder.stage(f"{STAGE}/configure", "identity and configuration"):
             done = configure(root, layout=layout, serial=serial, mounts=target.mounts)
             log.info("restore: configured: %s", "; ".join(done))
+        if boot_files is not None:
+            _update_boot_files(boot_files, root, recorder=recorder)
         os.sync()
         settle()
         atomic_write_bytes(root / FLAG_FILE, f"{image.label}\n".encode())  # the last write
     return result.payload_bytes
 
 
+def _update_boot_files(step: BootFilesStep, root: Path, *, recorder: EventRecorder) -> None:
+    """The image's Kiln boot files, when newer (`recovery.bootfiles`); a failure is a warning:
+    the unit keeps booting the installed ones, and the next restore tries again."""
+    name = f"{STAGE}/boot-files"
+    recorder.start(name, "the Kiln kernel and ramdisk the image carries, when newer")
+    try:
+        done = step(root)
+    except (KilnError, OSError) as e:
+        log.warning("restore: boot files: kept the installed ones: %s", e)
+        recorder.finish(name, Result.WARN, f"kept the installed ones: {e}")
+        return
+    if done:
+        log.info("restore: boot files: %s", done)
+    recorder.finish(name, Result.SUCCESS, done or "nothing newer in the image")
+
+
 def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial: str,
-            variant: str | None, recorder: EventRecorder) -> Restored:
+            variant: str | None, recorder: EventRecorder,
+            boot_files: BootFilesStep | None = None) -> Restored:
     """Restore the newest good image (see the module's rules); raise `NoGoodImageError`
     when none is left, `RestoreError`/`KilnError` for anything else."""
     started = time.monotonic()
@@ -236,7 +259,7 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
         try:
             size = _install(image, store=store, target=target, layout=layout, serial=serial,
                             journal=journal, recorder=recorder, wipe_data=wipe_data,
-                            settle=settle)
+                            settle=settle, boot_files=boot_files)
         except ImageError as e:
             store.history.finish_attempt(image.image_id, succeeded=False, reason=str(e))
             store.quarantine(image, str(e))

@@ -79,12 +79,14 @@ class WantedEntry:
     in_boot_order: bool
 
 
-def wanted_entries(*, console_args: str, label_prefix: str = "Kiln") -> tuple[WantedEntry, ...]:
-    loader = f"\\{ESP_KILN_DIR}\\{KERNEL_NAME}"
-    initrd = f"initrd=\\{ESP_KILN_DIR}\\{INITRD_NAME}"
+def wanted_entries(*, console_args: str, label_prefix: str = "Kiln", kernel: str = KERNEL_NAME,
+                   initrd: str = INITRD_NAME) -> tuple[WantedEntry, ...]:
+    """The entries for the kernel and ramdisk named `kernel` and `initrd` in the ESP's kiln/."""
+    loader = f"\\{ESP_KILN_DIR}\\{kernel}"
+    initrd_option = f"initrd=\\{ESP_KILN_DIR}\\{initrd}"
     return tuple(WantedEntry(
         label=label_prefix + entry.title.removeprefix("Kiln"), loader=loader,
-        options=" ".join((initrd, kernel_arguments(entry, console_args))).strip(),
+        options=" ".join((initrd_option, kernel_arguments(entry, console_args))).strip(),
         in_boot_order=index == 0) for index, entry in enumerate(MENU))
 
 
@@ -195,13 +197,15 @@ def _matches(entry: LoadOption, wanted: WantedEntry, partition_uuid: str | None)
 
 
 def ensure_uefi_entries(*, esp: EspLocation, console_args: str, label_prefix: str = "Kiln",
-                        efivars: Path = EFIVARS,
-                        efibootmgr: str = "efibootmgr") -> tuple[LoadOption, ...]:
+                        efivars: Path = EFIVARS, efibootmgr: str = "efibootmgr",
+                        kernel: str = KERNEL_NAME,
+                        initrd: str = INITRD_NAME) -> tuple[LoadOption, ...]:
     """Make NVRAM hold exactly Kiln's wanted entries (normal first in BootOrder) for the ESP
     at `esp`; returns them in `wanted_entries` order. An entry pointing at another ESP (a
     re-partitioned disk: a new GUID) is replaced."""
     wanted = {w.label: w for w in wanted_entries(console_args=console_args,
-                                                 label_prefix=label_prefix)}
+                                                 label_prefix=label_prefix, kernel=kernel,
+                                                 initrd=initrd)}
     kept: dict[str, LoadOption] = {}
     for entry in read_boot_entries(efivars):
         if entry.description not in wanted:
