@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,23 @@ def carried_boot_files(root: Path) -> CarriedBootFiles | None:
     return CarriedBootFiles(version=str(version), kernel=files["kernel"],
                             initrd=files["initrd"], kernel_sha256=document["kernel_sha256"],
                             initrd_sha256=document["initrd_sha256"])
+
+
+def add_boot_files(root: Path, *, kernel: Path, initrd: Path, version: str) -> Path:
+    """Put a Kiln kernel and ramdisk into an image's root with their boot.json (what an image
+    build does for a unit that should move to this Kiln); returns boot.json's path."""
+    if not _VERSION.fullmatch(version):
+        raise BootFilesError(f"boot files version {version!r} is not dotted numbers")
+    directory = root / IMAGE_BOOT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    for source, name in ((kernel, "vmlinuz"), (initrd, "initrd.zst")):
+        shutil.copyfile(source, directory / name)
+    path = directory / BOOT_JSON
+    path.write_text(json.dumps({
+        "schema": _SCHEMA, "version": version, "kernel": "vmlinuz", "initrd": "initrd.zst",
+        "kernel_sha256": _sha256(directory / "vmlinuz"),
+        "initrd_sha256": _sha256(directory / "initrd.zst")}, indent=2) + "\n")
+    return path
 
 
 def installed_boot_files(layout: RecoveryLayout) -> InstalledBootFiles:

@@ -46,7 +46,7 @@ from tests.provision.qemu_factory import (
     recovery_on_its_own_disk,
     stored_images,
 )
-from tests.recovery.testos import make_os_image
+from tests.recovery.testos import BootPair, make_os_image, versioned_ramdisk
 
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
 
@@ -123,8 +123,10 @@ def _certificates(factory: Factory, serial: str) -> list[dict[str, Any]]:
     return list(found["certificates"] if isinstance(found, dict) else found)
 
 
-def _os_image(tmp_path: Path, signing_key: SigningKey, version: str) -> Path:
-    return make_os_image(tmp_path, signing_key, version, init=ERASE_OS_INIT)
+def _os_image(tmp_path: Path, signing_key: SigningKey, version: str, *,
+              boot_files: BootPair | None = None) -> Path:
+    return make_os_image(tmp_path, signing_key, version, init=ERASE_OS_INIT,
+                         boot_files=boot_files)
 
 
 def test_erase_on_the_recovery_disk_then_a_fresh_os(
@@ -197,7 +199,11 @@ def _two_disks(factory: Factory, image: Path, image_id: str,
 def test_an_nvme_disk_that_fails_the_format_fails_the_erase_safely_on_ovmf(
         lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
         tmp_path: Path) -> None:
-    image = _os_image(tmp_path, signing_key, "4.1.0")
+    # The image carries a newer Kiln ramdisk: the first restore puts it on the ESP and
+    # switches GRUB and the NVRAM entries to it.
+    newer = BootPair(kernel=ramdisk.kernel, initrd=versioned_ramdisk(
+        ramdisk.initrd, "7.1", tmp_path / "initrd-7.1.zst"), version="7.1")
+    image = _os_image(tmp_path, signing_key, "4.1.0", boot_files=newer)
     image_id = factory.server.push_image(factory.token, image)
     mfgurl = factory.profile("line-nvme-erase", _two_disks(factory, image, image_id, ramdisk))
     serial = "KILN-ERASE-0002"
@@ -219,10 +225,13 @@ def test_an_nvme_disk_that_fails_the_format_fails_the_erase_safely_on_ovmf(
     spec = VmSpec(firmware=Firmware.UEFI, efi_vars=efi_vars, boot=BootDevice.DISK,
                   disks=disks, memory_mb=1024, no_reboot=True, nics=(Nic(),))
     restored = r"kiln: restore (succeeded|failed): [^\r\n]*"
-    decision, line, _ = _boot(lab, spec, tmp_path, name="restore", until=restored)
+    decision, line, console = _boot(lab, spec, tmp_path, name="restore", until=restored)
     assert (decision, "restore succeeded" in line) == ("restore", True), line
-    decision, line, _ = _boot(lab, spec, tmp_path, name="normal", until=WROTE)
+    assert re.search(r"restore: boot files: Kiln boot files from the factory → 7\.1 \(.*\) "
+                     r"in /kiln for uefi; NVRAM entries switched", console), console
+    decision, line, console = _boot(lab, spec, tmp_path, name="normal", until=WROTE)
     assert decision == "normal"
+    assert "kiln: Kiln ramdisk 7.1 started" in console  # the firmware booted the new pair
 
     decision, line, console = _boot(lab, spec, tmp_path, name="erase",
                                     until=r"kiln: erase (succeeded|failed): [^\r\n]*")

@@ -23,7 +23,7 @@ from tests.provision.qemu_factory import (
     partition_table,
     placed,
 )
-from tests.recovery.testos import OS_MARK, make_os_image
+from tests.recovery.testos import OS_MARK, BootPair, make_os_image, versioned_ramdisk
 
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
 
@@ -44,7 +44,11 @@ def _boot_disk(lab: Lab, disk: Path, work: Path, *, name: str,
 def test_manufacture_then_the_first_restore_then_a_normal_boot(
         lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
         tmp_path: Path) -> None:
-    image = make_os_image(tmp_path, signing_key, "3.1.0")
+    # The image carries a newer Kiln ramdisk (the session's, saying it is 7.0): the first
+    # restore installs it and GRUB boots it from then on.
+    newer = BootPair(kernel=ramdisk.kernel, initrd=versioned_ramdisk(
+        ramdisk.initrd, "7.0", tmp_path / "initrd-7.0.zst"), version="7.0")
+    image = make_os_image(tmp_path, signing_key, "3.1.0", boot_files=newer)
     image_id = factory.server.push_image(factory.token, image)
     mfgurl = factory.profile("line-os", lab_manufdata(
         image=image, image_id=image_id, kernel=ramdisk.kernel, initrd=ramdisk.initrd,
@@ -89,6 +93,21 @@ def test_manufacture_then_the_first_restore_then_a_normal_boot(
     assert "installed.json" in state and "unconfirmed-boots.json" not in state
     for name in ("normal", "normal-again"):
         assert "normal boot 1 of demo 3.1.0" in (tmp_path / f"{name}.txt").read_text()
+    # The boot files: the factory's ramdisk restored and installed the image's newer one;
+    # every later boot ran it; the requested restore found nothing newer.
+    assert "kiln: Kiln ramdisk started" in (tmp_path / "restore.txt").read_text()
+    assert "restore: boot files: Kiln boot files from the factory → 7.0 (" in \
+        (tmp_path / "restore.txt").read_text()
+    for name in ("normal", "requested", "normal-again"):
+        assert "kiln: Kiln ramdisk 7.0 started" in (tmp_path / f"{name}.txt").read_text(), name
+    assert "boot files: Kiln" not in (tmp_path / "requested.txt").read_text()
+    boot = sorted(ext4_listing(disk, rec, "/boot", work=work))
+    assert len(boot) == 3 and "grub" in boot, boot  # the factory's pair is gone
+    assert all(name.startswith(("initrd-7.0-", "vmlinuz-7.0-")) for name in boot
+               if name != "grub"), boot
+    record = json.loads(ext4_read(disk, rec, "/state/boot-files.json", work=work))
+    assert record["version"] == "7.0" and f"/boot/{record['kernel']} " in \
+        ext4_read(disk, rec, "/boot/grub/grub.cfg", work=work).decode()
     history = json.loads(ext4_read(disk, rec, "/state/image-history.json", work=work))
     assert '"successes": 2' in json.dumps(history)  # the first restore and the requested one
     assert "restore.json" not in ext4_listing(disk, rec, "/requests", work=work)

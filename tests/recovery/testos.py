@@ -3,10 +3,16 @@ console what restore wrote and what DATA holds, as one line starting with `OS_MA
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import zstandard
+
+from kiln.cpio import CpioEntry, CpioWriter
 from kiln.image.builder import ImageSpec, build_image
 from kiln.image.signing import SigningKey
+from recovery.bootfiles import add_boot_files
 from tests.initramfs.conftest import make_test_root
 
 OS_MARK = "KILN-TEST-OS:"
@@ -35,9 +41,39 @@ $b poweroff -f
 """
 
 
-def make_os_image(work: Path, key: SigningKey, version: str, *, init: str = OS_INIT) -> Path:
-    """A signed image of a tiny OS: busybox, an init that prints what restore wrote."""
+@dataclass(frozen=True, kw_only=True)
+class BootPair:
+    """A Kiln kernel and ramdisk for an image to carry (`recovery.bootfiles`)."""
+
+    kernel: Path
+    initrd: Path
+    version: str
+
+
+def versioned_ramdisk(initrd: Path, version: str, out: Path) -> Path:
+    """`initrd` with /etc/kiln/boot.json saying `version` appended as a second cpio archive
+    (the kernel unpacks them in order, the later file wins), in one zstd stream: a ramdisk
+    that tells on its first console line that it is the newer one."""
+    with initrd.open("rb") as source:
+        archive = zstandard.ZstdDecompressor().stream_reader(source).read()
+    extra = out.with_suffix(".cpio")
+    with extra.open("wb") as handle:
+        writer = CpioWriter(handle)
+        writer.add(CpioEntry.file("etc/kiln/boot.json",
+                                  json.dumps({"version": version}).encode()))
+        writer.finish()
+    out.write_bytes(zstandard.ZstdCompressor(level=3).compress(archive + extra.read_bytes()))
+    return out
+
+
+def make_os_image(work: Path, key: SigningKey, version: str, *, init: str = OS_INIT,
+                  boot_files: BootPair | None = None) -> Path:
+    """A signed image of a tiny OS: busybox, an init that prints what restore wrote; with
+    `boot_files`, carrying a Kiln kernel and ramdisk."""
     root = make_test_root(work / f"os-{version}", flag=False)
+    if boot_files is not None:
+        add_boot_files(root, kernel=boot_files.kernel, initrd=boot_files.initrd,
+                       version=boot_files.version)
     (root / "sbin" / "init").write_text(init)
     (root / "etc").mkdir()
     (root / "etc" / "version").write_text(f"{version}\n")
