@@ -99,6 +99,12 @@ def _erase_target(target: EraseTarget, *, recorder: EventRecorder,
     return results
 
 
+def unsent_certificates(layout: RecoveryLayout) -> list[Path]:
+    """Erase certificates on RECOVERY the server has not confirmed (no `.sent` beside)."""
+    return [path for path in sorted(layout.certificates.glob("erase-*.json"))
+            if not path.with_suffix(".sent").exists()]
+
+
 def send_outbox(layout: RecoveryLayout, *, serial: str,
                 connect: Callable[[], object] = network.bring_up) -> str:
     """Send what RECOVERY holds for the server: spooled events, unsent certificates."""
@@ -116,12 +122,10 @@ def send_outbox(layout: RecoveryLayout, *, serial: str,
         try:
             for spool in spools(layout.logs):
                 sent_events += spool.flush(client.send_events)
-            for path in sorted(layout.certificates.glob("erase-*.json")):
-                marker = path.with_suffix(".sent")
-                if not marker.exists():
-                    client.send_erase_certificate(json.loads(path.read_text()))
-                    marker.write_text(f"{time.time_ns()}\n")
-                    sent_certificates += 1
+            for path in unsent_certificates(layout):
+                client.send_erase_certificate(json.loads(path.read_text()))
+                path.with_suffix(".sent").write_text(f"{time.time_ns()}\n")
+                sent_certificates += 1
         except (ServerError, OSError, ValueError) as e:
             return (f"sent {sent_events} events and {sent_certificates} certificates, the "
                     f"rest kept on RECOVERY ({e})")

@@ -5,7 +5,9 @@ a verdict out. Never raises.
   `keys/`: RECOVERY is writable from the running OS.
 - The serial and variant come from RECOVERY's `state/identity.json`.
 - Events are spooled in RECOVERY's `log/` (the restore path brings no network up); they go to
-  the server with a later flush.
+  the server with a later flush. Only an erase certificate the server has not confirmed (an
+  erase cut off after it finished, before it was sent) makes a successful restore bring the
+  network up and send it, with the spooled events.
 - No good image left: the console says why, and the pause before the next reboot grows with
   each such boot in a row (`state/no-image-boots`), from 30 s to 10 minutes — never a tight
   reboot loop.
@@ -16,10 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from initramfs import network
 from initramfs.backoff import growing_pause, reset
+from initramfs.erasing import send_outbox, unsent_certificates
 from kiln.errors import KilnError
 from kiln.events import EventRecorder, Result
 from kiln.image.signing import PUBLIC_KEY_SUFFIXES, TrustStore
@@ -50,7 +55,8 @@ def _console_args() -> str:
 
 
 def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
-                work: Path = Path("/run/kiln"), failure_pause: float = 10.0) -> RestoreVerdict:
+                work: Path = Path("/run/kiln"), failure_pause: float = 10.0,
+                connect: Callable[[], object] = network.bring_up) -> RestoreVerdict:
     layout = RecoveryLayout(recovery)
     started = time.monotonic()
     try:
@@ -81,6 +87,8 @@ def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
         return RestoreVerdict(ok=False, pause_seconds=failure_pause,
                               message=f"{type(e).__name__}: {e}")
     reset(layout.state_file(StateFile.NO_IMAGE_BOOTS))
+    if unsent_certificates(layout):  # an erase cut off before it reached the server
+        log.info("restore: %s", send_outbox(layout, serial=serial, connect=connect))
     seconds = time.monotonic() - started
     skipped = f"; gave up on {len(restored.quarantined)} bad image(s)" \
         if restored.quarantined else ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from initramfs.erasing import run_erase, send_outbox
+from initramfs.erasing import run_erase, send_outbox, unsent_certificates
 from initramfs.network import NetworkError
 from kiln.events import EventRecorder, spools
 from recovery.layout import RecoveryLayout, StateFile
@@ -38,6 +38,10 @@ def test_without_a_network_everything_stays_on_recovery(tmp_path: Path) -> None:
     assert said.startswith("kept on RECOVERY for a later boot (network: no physical")
     assert [len(spool.pending()) for spool in spools(layout.logs)] == [1]
     assert not (layout.certificates / "erase-r1.sent").exists()
+    assert unsent_certificates(layout) == [layout.certificates / "erase-r1.json"]
+    (layout.certificates / "erase-r0.json").write_text('{"run_id": "r0"}')
+    (layout.certificates / "erase-r0.sent").write_text("1\n")
+    assert unsent_certificates(layout) == [layout.certificates / "erase-r1.json"]
 
 
 def test_a_unit_without_disks_json_fails_with_why_and_backs_off(tmp_path: Path) -> None:
