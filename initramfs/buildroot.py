@@ -69,6 +69,7 @@ TOOLS: Mapping[str, Provider] = {
     "nvme": _br("NVME", debian="nvme-cli"),
     "hdparm": _br("HDPARM", debian="hdparm"),
     "tar": _br("TAR", debian="tar"),
+    "zstd": _br("ZSTD", debian="zstd"),
     "dmidecode": _br("DMIDECODE", debian="dmidecode", via="python3-parted"),  # libparted2
     # grub2 with its tools installed on the target (boot/grub2 in buildroot, not a package).
     "grub-mkimage": Provider(("BR2_TARGET_GRUB2", "BR2_TARGET_GRUB2_INSTALL_TOOLS"),

@@ -36,7 +36,8 @@ CONTENTS = RamdiskContents(
         "python3-pyudev", "python3-parted", "python3-pyroute2", "python3-requests",
         "python3-cryptography", "python3-zstandard",
         "udev", "kmod", "util-linux", "mount", "fdisk", "e2fsprogs", "dosfstools",
-        "efibootmgr", "nvme-cli", "hdparm", "tar", "busybox-static", "ca-certificates",
+        "efibootmgr", "nvme-cli", "hdparm", "tar", "zstd", "busybox-static",
+        "ca-certificates",
         "grub-common", "grub-pc-bin", "grub-efi-amd64-bin",  # boot setup (recovery.bootsetup)
     ),
     excluded_packages=(
@@ -61,7 +62,7 @@ CONTENTS = RamdiskContents(
     tools=(
         "sh", "mount", "umount", "switch_root", "modprobe", "udevadm", "blkid", "lsblk",
         "sfdisk", "partx", "wipefs", "mkfs.ext4", "e2fsck", "mkfs.vfat", "efibootmgr", "nvme",
-        "hdparm", "tar", "dmidecode", "grub-mkimage", "grub-mkstandalone",
+        "hdparm", "tar", "zstd", "dmidecode", "grub-mkimage", "grub-mkstandalone",
     ),
     kernel_modules=(
         "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "virtio_rng",
