@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 BootFilesStep = Callable[[Path], "str | None"]  # recovery.bootfiles.BootFilesUpdate
 
 STAGE = "restore"
+MIB = 1 << 20
 
 
 class RestoreError(KilnError):
@@ -178,14 +179,19 @@ def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: R
     journal.write(image=image, phase="write")
     with _mounted(target.primary, target.mount_point) as root:
         recorder.start(f"{STAGE}/write", f"{image.label} onto {target.primary}")
+        began = time.monotonic()
         try:
             with ImageReader.open(image.path, store.trust) as reader:
                 result = extract(reader, root)
+            os.sync()  # the rate below is what reached the disk
         except BaseException as e:
             recorder.finish(f"{STAGE}/write", Result.FAIL, f"{type(e).__name__}: {e}")
             raise
-        recorder.finish(f"{STAGE}/write", Result.SUCCESS,
-                        f"{result.payload_bytes} bytes, {result.members} members")
+        seconds = time.monotonic() - began
+        wrote = (f"wrote {result.payload_bytes} bytes ({result.members} members) in "
+                 f"{seconds:.2f} s, {result.payload_bytes / MIB / max(seconds, 1e-3):.1f} MiB/s")
+        log.info("restore: %s", wrote)
+        recorder.finish(f"{STAGE}/write", Result.SUCCESS, wrote)
         journal.write(image=image, phase="configure")
         with recorder.stage(f"{STAGE}/configure", "identity and configuration"):
             done = configure(root, layout=layout, serial=serial, mounts=target.mounts)
