@@ -22,10 +22,21 @@ from kiln.process import run
 from lab import Lab
 from tests.provision.qemu_factory import Factory, running_factory
 from tests.recovery.loopdisk import DISK_BYTES, AttachLoop
+from tests.workers import one_worker_at_a_time, summary_lines
 
 
 class UnexpectedCommand(AssertionError):
     pass
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    """The power-cut tests' tallies ("power cuts: tried N, converged N"), from every worker."""
+    lines = summary_lines(config)
+    if lines:
+        terminalreporter.section("reports")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)
@@ -50,9 +61,13 @@ def subprocess_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture(scope="session")
 def signing_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("keys")
-    generate_keypair(directory / "test.key", directory / "test.pub")
-    generate_keypair(directory / "other.key", directory / "other.pub")
+    """The run's keys: one pair for every worker, so they share one ramdisk build."""
+    with one_worker_at_a_time(tmp_path_factory, "keys") as shared:
+        directory = shared / "keys"
+        if not (directory / "other.pub").exists():
+            directory.mkdir(exist_ok=True)
+            generate_keypair(directory / "test.key", directory / "test.pub")
+            generate_keypair(directory / "other.key", directory / "other.pub")
     return directory
 
 
@@ -72,10 +87,11 @@ def trust(signing_dir: Path) -> TrustStore:
 
 
 @pytest.fixture(scope="session")
-def ramdisk(signing_dir: Path) -> RamdiskBuild:
+def ramdisk(signing_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RamdiskBuild:
     """The Kiln kernel and ramdisk, built once per session (cached across sessions by its
     inputs); the tests that boot it (tests/initramfs, tests/recovery) share it."""
-    return build_ramdisk(keys=[signing_dir / "test.pub"])
+    with one_worker_at_a_time(tmp_path_factory, "builds"):
+        return build_ramdisk(keys=[signing_dir / "test.pub"])
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@
   boots restore and start a fresh OS with an empty DATA. The same unit's erase is then cut
   at seeded moments (`tests/recovery/power_cut.py`; `KILN_POWER_CUTS`, `KILN_POWER_CUT_SEED`):
   every case converges to the fresh OS with the secret gone and every certificate at the
-  server; the module ends with "power cuts: tried N, converged N (seed S)".
+  server; the run's summary ("reports") says "erase power cuts: tried N, converged N (seed S)".
 - OVMF, RECOVERY on its own disk and PRIMARY/DATA on an NVMe disk that fails every
   write-zeroes (QEMU's Format NVM writes zeroes): the format fails and leaves the namespace
   unusable; erase falls back to each next method and says so, and ends failed — certificate
@@ -65,6 +65,7 @@ from tests.recovery.power_cut import (
     measure_windows,
 )
 from tests.recovery.testos import BootPair, make_os_image, versioned_ramdisk
+from tests.workers import report
 
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
 
@@ -186,8 +187,7 @@ class ErasedUnit:
 
 @pytest.fixture(scope="module")
 def ahci_unit(*, lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
-              tmp_path_factory: pytest.TempPathFactory,
-              request: pytest.FixtureRequest) -> Iterator[ErasedUnit]:
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErasedUnit]:
     """Manufactured with RECOVERY, PRIMARY and DATA on one AHCI disk, restored, its OS booted
     once (a secret written, an erase requested): kept as the pristine disk; then erased once
     without a cut (the lifecycle's erase, and the windows for the cuts)."""
@@ -226,13 +226,10 @@ def ahci_unit(*, lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key:
                                erase_console=console, erase_line=line, windows=windows,
                                schedule=draw_cuts(CUTS, windows))
     yield unit
-    report = [f"erase power cuts: seed {CUTS.seed}, {CUTS.count} cut(s); windows: "
-              + ", ".join(f"{w.name} {w.seconds * 1000:.0f} ms" for w in windows),
-              *unit.tally.notes, unit.tally.summary()]
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for text in report:
-        if reporter is not None:
-            reporter.write_line(text)
+    report(tmp_path_factory, [
+        f"erase power cuts: seed {CUTS.seed}, {CUTS.count} cut(s); windows: "
+        + ", ".join(f"{w.name} {w.seconds * 1000:.0f} ms" for w in windows),
+        *unit.tally.notes, f"erase {unit.tally.summary()}"])
 
 
 def _certificates_on(disk: Path, work: Path) -> list[dict[str, Any]]:

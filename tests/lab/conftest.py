@@ -6,12 +6,14 @@ import pytest
 
 from lab import Lab
 from tests.lab.guest import GuestFiles, build_guest
+from tests.workers import one_worker_at_a_time
 
 
 @pytest.fixture(scope="session")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> GuestFiles:
     """Built once per session (the kernel and busybox are cached across sessions)."""
-    return build_guest(tmp_path_factory.mktemp("guest"))
+    with one_worker_at_a_time(tmp_path_factory, "builds"):
+        return build_guest(tmp_path_factory.mktemp("guest"))
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ succeeds, the OS boots with the expected version, identity and DATA, the journal
 request are gone, and the image history counts the cut attempt as interrupted exactly when
 the cut left it open (a cut before the attempt began does not count).
 
-`KILN_POWER_CUTS` (default 3) and `KILN_POWER_CUT_SEED` choose the cases; the module ends
-with "power cuts: tried N, converged N (seed S)".
+`KILN_POWER_CUTS` (default 3) and `KILN_POWER_CUT_SEED` choose the cases; the run's summary
+(its "reports" section) ends with "restore power cuts: tried N, converged N (seed S)".
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from tests.recovery.power_cut import (
     measure_windows,
 )
 from tests.recovery.testos import OS_MARK, make_os_image
+from tests.workers import report
 
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
 
@@ -170,8 +171,7 @@ def reached_on_console(console: str) -> Landed:
 
 @pytest.fixture(scope="module")
 def unit(*, lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
-         tmp_path_factory: pytest.TempPathFactory,
-         request: pytest.FixtureRequest) -> Iterator[Manufactured]:
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manufactured]:
     """The unit every case starts from: manufactured, restored, its OS booted once (a file
     on DATA, a restore requested)."""
     work = tmp_path_factory.mktemp("power-cut")
@@ -205,17 +205,11 @@ def unit(*, lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: Sign
     state = found.state(disk, work=work / "pristine", primary=False)
     assert state.requested and state.journal_phase is None and not state.record.in_progress
     found = dataclasses.replace(found, baseline=state.record)
-    report = [f"power cuts: seed {SETTINGS.seed}, {SETTINGS.count} cut(s); windows: "
-              + ", ".join(f"{w.name} {w.seconds * 1000:.0f} ms" for w in windows)]
     yield found
-    report += found.tally.notes
-    report.append(found.tally.summary())
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for line in report:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+    report(tmp_path_factory, [
+        f"restore power cuts: seed {SETTINGS.seed}, {SETTINGS.count} cut(s); windows: "
+        + ", ".join(f"{w.name} {w.seconds * 1000:.0f} ms" for w in windows),
+        *found.tally.notes, f"restore {found.tally.summary()}"])
 
 
 @pytest.mark.parametrize("index", range(SETTINGS.count))
