@@ -297,6 +297,7 @@ def test_a_power_cut_during_erase_converges(*, index: int, ahci_unit: ErasedUnit
     (tmp_path / "cut.txt").write_text(cut.console)
     assert cut.running, f"{point.describe()}: the run ended before the cut"
     rec = placed(partition_table(disk), 0, "RECOVERY")
+    (tmp_path / "after-cut").mkdir()
     after = Ext4Copy.of(disk, rec, work=tmp_path / "after-cut")
     requested = after.exists("/requests/erase.json")
     journal = json.loads(after.read("/state/erase-journal.json")) \
