@@ -32,9 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import bench_keys
 from initramfs.builder import RamdiskBuild, build_ramdisk
 from kiln.download import download_verified, hash_file
-from kiln.image.signing import generate_keypair, load_signing_key
+from kiln.image.signing import load_signing_key
 from kiln.process import run
 from kiln.serverclient import ServerClient
 from lab import Lab
@@ -175,11 +176,7 @@ def main() -> int:
     parser.add_argument("--skip-qemu", action="store_true", help="the download part only")
     args = parser.parse_args()
     firmwares = [Firmware(name) for name in args.firmware.split(",") if name]
-    WORK.mkdir(parents=True, exist_ok=True)
-    keys = WORK / "keys"
-    keys.mkdir(exist_ok=True)
-    if not (keys / "bench.key").exists():
-        generate_keypair(keys / "bench.key", keys / "bench.pub")
+    keys = bench_keys(WORK).parent
     ramdisk = build_ramdisk(keys=[keys / "bench.pub"])
     run_dir = WORK / f"factory-{int(time.time())}"
     run_dir.mkdir()

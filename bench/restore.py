@@ -36,9 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import bench_keys
 from initramfs.builder import RamdiskBuild, build_ramdisk
 from kiln.image.builder import ImageSpec, build_image
-from kiln.image.signing import generate_keypair, load_signing_key
+from kiln.image.signing import load_signing_key
 from lab import Lab
 from lab.diskimage import copy_sparse
 from lab.kernel import extract_vmlinux
@@ -91,11 +92,7 @@ def make_tree(root: Path, size_mib: int) -> None:
 
 def setup(size_mib: int) -> tuple[RamdiskBuild, Path, Path, Path]:
     """(the ramdisk, vmlinux, the image, the pristine disk), made once and cached."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    keys = WORK / "keys"
-    keys.mkdir(exist_ok=True)
-    if not (keys / "bench.key").exists():
-        generate_keypair(keys / "bench.key", keys / "bench.pub")
+    keys = bench_keys(WORK).parent
     ramdisk = build_ramdisk(keys=[keys / "bench.pub"])
     vmlinux = extract_vmlinux(ramdisk.kernel, WORK / "vmlinux")
     image = WORK / f"bench-{size_mib}.upd"

@@ -64,7 +64,7 @@ from tests.recovery.power_cut import (
     draw_cuts,
     measure_windows,
 )
-from tests.recovery.testos import BootPair, make_os_image, versioned_ramdisk
+from tests.recovery.testos import INIT_START, BootPair, make_os_image, versioned_ramdisk
 from tests.workers import report
 
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
@@ -73,15 +73,7 @@ OS_MARK = "KILN-ERASE-OS:"
 # The test OS: on a boot that finds DATA empty and no erase done yet it leaves a secret on
 # DATA and on PRIMARY (printed, so the test knows what to look for) and asks for an erase,
 # as `kiln request erase --yes` would.
-ERASE_OS_INIT = f"""#!/bin/busybox sh
-b=/bin/busybox
-$b mount -t proc proc /proc
-$b mount -t tmpfs tmpfs /run
-$b mkdir -p /run/data /run/recovery
-$b mount "$($b findfs LABEL=DATA)" /run/data
-$b mount "$($b findfs LABEL=RECOVERY)" /run/recovery
-secret=$($b cat /run/data/secret.txt 2>/dev/null || $b echo none)
-$b rm -f /run/recovery/state/unconfirmed-boots.json  # kiln boot-done
+ERASE_OS_INIT = INIT_START + f"""secret=$($b cat /run/data/secret.txt 2>/dev/null || $b echo none)
 $b echo "{OS_MARK} version $($b cat /etc/version) secret $secret"
 if [ "$secret" = none ] && [ -z "$($b ls /run/recovery/certificates 2>/dev/null)" ]; then
     secret="kiln-secret-$($b cat /proc/sys/kernel/random/uuid)"

@@ -16,18 +16,21 @@ from recovery.bootfiles import add_boot_files
 from tests.initramfs.conftest import make_test_root
 
 OS_MARK = "KILN-TEST-OS:"
-# The test OS: it reports what restore wrote and what DATA holds; on its first boot it
-# leaves a file on DATA and asks for a restore that keeps DATA, as `kiln request restore`
-# would (busybox has no Python for the real command; tests/recovery/test_requests.py has it).
-OS_INIT = f"""#!/bin/busybox sh
+# Every test OS's init starts so: DATA on /run/data, RECOVERY on /run/recovery, the boot
+# confirmed (what `kiln boot-done` does; busybox has no Python for the real command).
+INIT_START = """#!/bin/busybox sh
 b=/bin/busybox
 $b mount -t proc proc /proc
 $b mount -t tmpfs tmpfs /run
 $b mkdir -p /run/data /run/recovery
 $b mount "$($b findfs LABEL=DATA)" /run/data
 $b mount "$($b findfs LABEL=RECOVERY)" /run/recovery
-data=$($b cat /run/data/customer.txt 2>/dev/null || $b echo none)
-$b rm -f /run/recovery/state/unconfirmed-boots.json  # kiln boot-done
+$b rm -f /run/recovery/state/unconfirmed-boots.json
+"""
+# The test OS: it reports what restore wrote and what DATA holds; on its first boot it
+# leaves a file on DATA and asks for a restore that keeps DATA, as `kiln request restore`
+# would (tests/recovery/test_requests.py has the real command).
+OS_INIT = INIT_START + f"""data=$($b cat /run/data/customer.txt 2>/dev/null || $b echo none)
 $b echo "{OS_MARK} pid $$ version $($b cat /etc/version) host $($b cat /etc/hostname) \\
 data $data id $($b cat /etc/machine-id)"
 if [ "$data" = none ]; then
