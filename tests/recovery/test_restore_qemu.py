@@ -1,16 +1,19 @@
 """Factory restore in QEMU: a unit manufactured with a small test OS as its image boots its
-disk, restores (the Kiln ramdisk from GRUB on RECOVERY), reboots and boots that OS, which
-sees the identity restore wrote; the OS requests a restore, which keeps DATA."""
+disk, restores (the Kiln ramdisk from GRUB on RECOVERY; the image's newer Kiln ramdisk
+installed), reboots and boots that OS, which sees the identity restore wrote; the OS stores
+a newer, corrupt image on RECOVERY and requests a restore, which quarantines that image,
+restores the previous one in the same boot and keeps DATA."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from initramfs.builder import RamdiskBuild
-from kiln.image.signing import SigningKey
+from kiln.image.signing import SigningKey, TrustStore
 from lab import Lab
 from lab.diskimage import ext4_listing, ext4_read
 from lab.profile import MIB, LabUnit, lab_manufdata
@@ -22,7 +25,9 @@ from tests.provision.qemu_factory import (
     manufacture_direct,
     partition_table,
     placed,
+    stored_images,
 )
+from tests.recovery.test_store import flip_byte_in_frame
 from tests.recovery.testos import OS_MARK, BootPair, make_os_image, versioned_ramdisk
 
 pytestmark = [pytest.mark.qemu, pytest.mark.allow_commands(*QEMU_COMMANDS)]
@@ -42,13 +47,16 @@ def _boot_disk(lab: Lab, disk: Path, work: Path, *, name: str,
 
 
 def test_manufacture_then_the_first_restore_then_a_normal_boot(
-        lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
-        tmp_path: Path) -> None:
+        *, lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
+        trust: TrustStore, tmp_path: Path) -> None:
     # The image carries a newer Kiln ramdisk (the session's, saying it is 7.0): the first
-    # restore installs it and GRUB boots it from then on.
+    # restore installs it and GRUB boots it from then on. Its OS stores a newer image,
+    # corrupt, on RECOVERY (as an update agent would) before it asks for a restore.
     newer = BootPair(kernel=ramdisk.kernel, initrd=versioned_ramdisk(
         ramdisk.initrd, "7.0", tmp_path / "initrd-7.0.zst"), version="7.0")
-    image = make_os_image(tmp_path, signing_key, "3.1.0", boot_files=newer)
+    corrupt = make_os_image(tmp_path, signing_key, "3.2.0")
+    flip_byte_in_frame(corrupt, trust, 0)
+    image = make_os_image(tmp_path, signing_key, "3.1.0", boot_files=newer, stores=corrupt)
     image_id = factory.server.push_image(factory.token, image)
     mfgurl = factory.profile("line-os", lab_manufdata(
         image=image, image_id=image_id, kernel=ramdisk.kernel, initrd=ramdisk.initrd,
@@ -70,15 +78,19 @@ def test_manufacture_then_the_first_restore_then_a_normal_boot(
     assert decision == "normal"
     assert " pid 1 version 3.1.0 host kiln-life-0001 data none id " in line, line
 
-    # The OS asked for a restore that keeps DATA: the next boot restores, the one after
-    # finds the customer's file still on DATA.
+    # The OS asked for a restore that keeps DATA: the next boot restores — the newest image,
+    # 3.2.0, fails its frame check, is quarantined, and 3.1.0 is restored in the same boot —
+    # the one after finds the customer's file still on DATA.
     decision, again = _boot_disk(lab, disk, tmp_path, name="requested",
                                  until=r"kiln: restore (succeeded|failed): [^\r\n]*")
-    assert decision == "restore" and "restore succeeded" in again, again
+    assert decision == "restore", again
+    assert "restore succeeded: demo 3.1.0" in again and "gave up on 1 bad image(s)" in again
+    assert re.search(r"restore: demo 3\.2\.0 .*is bad \(.*\): quarantined; trying the next",
+                     (tmp_path / "requested.txt").read_text())
     decision, after = _boot_disk(lab, disk, tmp_path, name="normal-again",
                                  until=OS_MARK + r"[^\r\n]*")
     assert decision == "normal"
-    assert " data keep me id " in after, after
+    assert " version 3.1.0 " in after and " data keep me id " in after, after
     assert after.split(" id ")[1] == line.split(" id ")[1]  # the same machine-id
 
     table = partition_table(disk)
@@ -111,3 +123,6 @@ def test_manufacture_then_the_first_restore_then_a_normal_boot(
     history = json.loads(ext4_read(disk, rec, "/state/image-history.json", work=work))
     assert '"successes": 2' in json.dumps(history)  # the first restore and the requested one
     assert "restore.json" not in ext4_listing(disk, rec, "/requests", work=work)
+    quarantined = ext4_listing(disk, rec, "/Image/quarantine", work=work)
+    assert {"stored.upd", "stored.upd.reason.json"} <= set(quarantined), quarantined
+    assert len(stored_images(disk, rec, work=work)) == 1  # 3.1.0, the factory's

@@ -4,6 +4,7 @@ console what restore wrote and what DATA holds, as one line starting with `OS_MA
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from recovery.bootfiles import add_boot_files
 from tests.initramfs.conftest import make_test_root
 
 OS_MARK = "KILN-TEST-OS:"
+STORED = "/opt/kiln-test/stored.upd"  # in an OS image made with `stores=`
 # Every test OS's init starts so: DATA on /run/data, RECOVERY on /run/recovery, the boot
 # confirmed (what `kiln boot-done` does; busybox has no Python for the real command).
 INIT_START = """#!/bin/busybox sh
@@ -29,11 +31,16 @@ $b rm -f /run/recovery/state/unconfirmed-boots.json
 """
 # The test OS: it reports what restore wrote and what DATA holds; on its first boot it
 # leaves a file on DATA and asks for a restore that keeps DATA, as `kiln request restore`
-# would (tests/recovery/test_requests.py has the real command).
+# would (tests/recovery/test_requests.py has the real command). An OS image made with
+# `stores=` also stores that image on RECOVERY first, as an update agent would.
 OS_INIT = INIT_START + f"""data=$($b cat /run/data/customer.txt 2>/dev/null || $b echo none)
 $b echo "{OS_MARK} pid $$ version $($b cat /etc/version) host $($b cat /etc/hostname) \\
 data $data id $($b cat /etc/machine-id)"
 if [ "$data" = none ]; then
+    if [ -f {STORED} ]; then
+        $b cp {STORED} /run/recovery/Image/.stored.partial
+        $b mv /run/recovery/Image/.stored.partial /run/recovery/Image/stored.upd
+    fi
     $b echo "keep me" > /run/data/customer.txt
     $b mkdir -p /run/recovery/requests
     $b echo '{{"keep_data": true, "reason": "test OS"}}' > /run/recovery/requests/restore.json
@@ -70,13 +77,17 @@ def versioned_ramdisk(initrd: Path, version: str, out: Path) -> Path:
 
 
 def make_os_image(work: Path, key: SigningKey, version: str, *, init: str = OS_INIT,
-                  boot_files: BootPair | None = None) -> Path:
+                  boot_files: BootPair | None = None, stores: Path | None = None) -> Path:
     """A signed image of a tiny OS: busybox, an init that prints what restore wrote; with
-    `boot_files`, carrying a Kiln kernel and ramdisk."""
+    `boot_files`, carrying a Kiln kernel and ramdisk; with `stores`, an image its first
+    boot stores on RECOVERY."""
     root = make_test_root(work / f"os-{version}", flag=False)
     if boot_files is not None:
         add_boot_files(root, kernel=boot_files.kernel, initrd=boot_files.initrd,
                        version=boot_files.version)
+    if stores is not None:
+        (root / STORED[1:]).parent.mkdir(parents=True)
+        shutil.copyfile(stores, root / STORED[1:])
     (root / "sbin" / "init").write_text(init)
     (root / "etc").mkdir()
     (root / "etc" / "version").write_text(f"{version}\n")
