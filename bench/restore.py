@@ -75,6 +75,9 @@ def make_tree(root: Path, size_mib: int) -> None:
     rng = random.Random(20261123)  # noqa: S311 - test data, not secrets
     words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz_./=") for _ in range(rng.randint(2, 12)))
              for _ in range(4000)]
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")  # restore sets root's
+    (root / "etc" / "shadow").chmod(0o640)
     total, index = 0, 0
     while total < size_mib * MIB:
         directory = root / f"usr/lib/d{index % 37}/s{index % 11}"
