@@ -15,26 +15,47 @@ from tests.provision.qemu_factory import Factory
 from tests.recovery.testos import INIT_START, BootPair, make_os_image
 
 OS_MARK = "KILN-ERASE-OS:"
-# The test OS: on a boot that finds DATA empty and no erase done yet it leaves a secret on
-# DATA and on PRIMARY (printed, so the test knows what to look for) and asks for an erase,
-# as `kiln request erase --yes` would.
-ERASE_OS_INIT = INIT_START + f"""secret=$($b cat /run/data/secret.txt 2>/dev/null || $b echo none)
+_ERASE = """$b mkdir -p /run/recovery/requests
+    $b echo '{"reason": "test OS"}' > /run/recovery/requests/erase.json"""
+_RESTORE = """$b mkdir -p /run/recovery/requests
+    $b echo '{"keep_data": true, "reason": "test OS"}' > /run/recovery/requests/restore.json"""
+
+
+def erase_os_init(*, restore_first: bool) -> str:
+    """The test OS's init, as `kiln request erase --yes` / `kiln request restore` would. On a
+    boot with no erase done yet (no certificate on RECOVERY):
+
+    - DATA empty: a secret on DATA and on PRIMARY (printed, so the test knows what to look
+      for), then an erase request — or, `restore_first`, a restore request that keeps DATA;
+    - the secret on DATA but not on PRIMARY (the restore kept DATA and remade PRIMARY): the
+      secret on PRIMARY again, then the erase request."""
+    first = _RESTORE if restore_first else _ERASE
+    said = ", restore requested" if restore_first else ""
+    return INIT_START + f"""secret=$($b cat /run/data/secret.txt 2>/dev/null || $b echo none)
 $b echo "{OS_MARK} version $($b cat /etc/version) secret $secret"
-if [ "$secret" = none ] && [ -z "$($b ls /run/recovery/certificates 2>/dev/null)" ]; then
+if [ -z "$($b ls /run/recovery/certificates 2>/dev/null)" ]; then
+  $b mount -o remount,rw /
+  if [ "$secret" = none ]; then
     secret="kiln-secret-$($b cat /proc/sys/kernel/random/uuid)"
     $b echo "$secret" > /run/data/secret.txt
-    $b mount -o remount,rw /
     $b echo "$secret" > /secret.txt
-    $b mkdir -p /run/recovery/requests
-    $b echo '{{"reason": "test OS"}}' > /run/recovery/requests/erase.json
-    $b echo "{OS_MARK} wrote $secret"
+    {first}
+    $b echo "{OS_MARK} wrote $secret{said}"
+  elif [ ! -f /secret.txt ]; then
+    $b echo "$secret" > /secret.txt
+    {_ERASE}
+    $b echo "{OS_MARK} kept $secret, erase requested"
+  fi
 fi
 $b sync
 $b umount /run/data /run/recovery
 $b mount -o remount,ro /
 $b poweroff -f
 """
+
+
 WROTE = OS_MARK + r" wrote [^\r\n]*"
+KEPT = OS_MARK + r" kept [^\r\n]*"
 VERSION = OS_MARK + r" version [^\r\n]*"
 RESTORED = r"kiln: restore (succeeded|failed): [^\r\n]*"
 ERASED = r"kiln: erase (succeeded|failed): [^\r\n]*"
@@ -80,6 +101,7 @@ def certificates(factory: Factory, serial: str) -> list[dict[str, Any]]:
 
 
 def erase_os_image(tmp_path: Path, signing_key: SigningKey, version: str, *,
-              boot_files: BootPair | None = None) -> Path:
-    return make_os_image(tmp_path, signing_key, version, init=ERASE_OS_INIT,
+                   boot_files: BootPair | None = None, restore_first: bool = False) -> Path:
+    return make_os_image(tmp_path, signing_key, version,
+                         init=erase_os_init(restore_first=restore_first),
                          boot_files=boot_files)

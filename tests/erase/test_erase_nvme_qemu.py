@@ -2,7 +2,8 @@
 NVMe disk that is erased whole:
 
 - the lifecycle: manufacture, a restore that installs the image's newer Kiln ramdisk, the
-  OS (a secret, an erase request), the erase (NVMe format, canaries verified, the planned
+  OS (a secret, a restore request), the restore (DATA kept), the OS (an erase request), the
+  erase (NVMe format, canaries verified, the planned
   partition table and an empty DATA put back), a fresh restore and a fresh OS;
 - an NVMe disk that fails every write-zeroes (QEMU's Format NVM writes zeroes): the format
   fails and leaves the namespace unusable; erase falls back to each next method and says so,
@@ -37,6 +38,7 @@ from lab.spec import (
 )
 from tests.erase.eraseos import (
     ERASED,
+    KEPT,
     RESTORED,
     VERSION,
     WROTE,
@@ -74,8 +76,10 @@ class OvmfUnit:
 
 def _ovmf_unit(*, lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
                work: Path, serial: str, rejects: tuple[RejectedOperation, ...],
-               boot_files: BootPair | None) -> OvmfUnit:
-    image = erase_os_image(work, signing_key, "4.1.0", boot_files=boot_files)
+               boot_files: BootPair | None, restore_first: bool = False) -> OvmfUnit:
+    """`restore_first`: the OS asks for a restore (DATA kept) before it asks for the erase."""
+    image = erase_os_image(work, signing_key, "4.1.0", boot_files=boot_files,
+                           restore_first=restore_first)
     image_id = factory.server.push_image(factory.token, image)
     mfgurl = factory.profile(f"line-{serial.lower()}", recovery_on_its_own_disk(lab_manufdata(
         image=image, image_id=image_id, kernel=ramdisk.kernel, initrd=ramdisk.initrd,
@@ -105,6 +109,13 @@ def _ovmf_unit(*, lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key
     secret = re.search(r"kiln-secret-[0-9a-f-]+", line)
     assert secret is not None, line
     assert contains(nvme, secret.group(0).encode())
+    if restore_first:
+        decision, line, _ = boot_once(lab, spec, work, name="requested-restore", until=RESTORED)
+        assert (decision, "restore succeeded: demo 4.1.0" in line) == ("restore", True), line
+        decision, line, normal_console = boot_once(lab, spec, work, name="normal-again",
+                                                   until=KEPT)
+        assert decision == "normal"
+        assert f"kept {secret.group(0)}, erase requested" in line, line  # DATA kept it
     return OvmfUnit(spec=spec, nvme=nvme, recovery=recovery, serial=serial,
                     secret=secret.group(0).encode(), restore_console=restore_console,
                     normal_console=normal_console)
@@ -119,14 +130,16 @@ def test_a_whole_nvme_disk_is_formatted_gets_its_partitions_back_and_a_fresh_os_
         lab: Lab, ramdisk: RamdiskBuild, factory: Factory, signing_key: SigningKey,
         tmp_path: Path) -> None:
     """The lifecycle on OVMF: the image carries a newer Kiln ramdisk, which the first restore
-    puts on the ESP (GRUB and NVRAM switched) and the firmware boots from then on; the erase
+    puts on the ESP (GRUB and NVRAM switched) and the firmware boots from then on; the OS asks
+    for a restore, which keeps the secret it left on DATA, then for an erase; the erase
     formats the NVMe disk (a device-level method: RECOVERY is on the other disk), verifies the
     canaries, puts the planned partition table and an empty DATA back, and the next boots
     restore a fresh OS."""
     newer = BootPair(kernel=ramdisk.kernel, initrd=versioned_ramdisk(
         ramdisk.initrd, "7.1", tmp_path / "initrd-7.1.zst"), version="7.1")
     unit = _ovmf_unit(lab=lab, ramdisk=ramdisk, factory=factory, signing_key=signing_key,
-                      work=tmp_path, serial="KILN-ERASE-0003", rejects=(), boot_files=newer)
+                      work=tmp_path, serial="KILN-ERASE-0003", rejects=(), boot_files=newer,
+                      restore_first=True)
     assert re.search(r"restore: boot files: Kiln boot files from the factory → 7\.1 \(.*\) "
                      r"in /kiln for uefi; NVRAM entries switched", unit.restore_console)
     assert "kiln: Kiln ramdisk 7.1 started" in unit.normal_console  # the new pair boots
