@@ -53,10 +53,12 @@ RATIO_GOAL = 1.10
 WROTE = re.compile(r"kiln: restore: wrote (\d+) bytes \((\d+) members\) in ([\d.]+) s")
 RESTORED = re.compile(r"kiln: restore succeeded: .* restored in ([\d.]+) s")
 STOCK = re.compile(r"STOCK-DONE ([\d.]+) ([\d.]+)")
-# Typed on the ramdisk's shell: busybox for the small tools, the ramdisk's zstd and GNU tar;
-# the lab profile's BIOS layout puts RECOVERY first and PRIMARY second.
+# Typed on the ramdisk's shell (which starts before udev: the disk's modules are loaded
+# here): busybox for the small tools, the ramdisk's zstd and GNU tar; the lab profile's BIOS
+# layout puts RECOVERY first and PRIMARY second.
 STOCK_COMMAND = (
-    "b=busybox; $b mkdir -p /bench/r /bench/p; r=/dev/vda1; p=/dev/vda2; "
+    "modprobe -a virtio_pci virtio_blk ext4; b=busybox; $b mkdir -p /bench/r /bench/p; "
+    "r=/dev/vda1; p=/dev/vda2; until [ -b $p ]; do $b sleep 0.2; done; "
     "$b mount -o ro $r /bench/r && "
     "mkfs.ext4 -q -F -L PRIMARY $p && $b mount -o noatime $p /bench/p && "
     "i=$($b ls /bench/r/Image/*.upd | $b head -n 1) && "
