@@ -156,10 +156,16 @@ class Vm:
                 raise LabError(f"TFTP directory {nic.tftp} does not exist")
 
     def _prepare(self, work: Path) -> VmFiles:
-        qmp = work / "qmp.sock"
-        if len(os.fsencode(qmp)) > _UNIX_PATH_MAX:
-            raise LabError(f"QMP socket path {qmp} is too long for a unix socket; "
-                           "use a shorter base_dir")
+        sockets = work
+        if len(os.fsencode(work / "console.sock")) > _UNIX_PATH_MAX:
+            # A deep work dir (a test's tmp_path, a demo's scratch) cannot hold a unix
+            # socket: the sockets go to a short directory of their own, removed with the VM.
+            sockets = Path(tempfile.mkdtemp(prefix="kiln-sock-"))
+            self._stack.callback(shutil.rmtree, sockets, True)
+            if len(os.fsencode(sockets / "console.sock")) > _UNIX_PATH_MAX:
+                raise LabError(f"the temporary directory {sockets.parent} is too deep for a "
+                               "unix socket; set TMPDIR to a shorter one")
+        qmp = sockets / "qmp.sock"
         disks = tuple(self._attach(index, disk, work)
                       for index, disk in enumerate(self.spec.disks))
         efi_vars = None
@@ -169,7 +175,7 @@ class Vm:
                 efi_vars.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.spec.ovmf.vars_template, efi_vars)
         return VmFiles(console=work / "console.log", qmp=qmp, disks=disks, efi_vars=efi_vars,
-                       console_socket=work / "console.sock")
+                       console_socket=sockets / "console.sock")
 
     def _attach(self, index: int, disk: Disk, work: Path) -> AttachedDisk:
         path = disk.image or work / f"disk{index}.qcow2"

@@ -83,6 +83,22 @@ def test_direct_boot_disks_identity_qmp_reset_and_power_cut(
     assert raw.exists() and raw.stat().st_size == 64 << 20  # the caller's image stays
 
 
+def test_a_work_dir_too_deep_for_a_unix_socket_puts_the_sockets_elsewhere(
+        guest: GuestFiles, tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    lab = Lab.detect(base_dir=deep)
+    spec = VmSpec(boot=DirectKernel(kernel=guest.vmlinux, initrd=guest.initrd,
+                                    append="console=ttyS0 lab.hold=1"))
+    with lab.vm(spec) as vm:
+        sockets = vm.files.qmp.parent
+        assert sockets != vm.work_dir and vm.files.console_socket == sockets / "console.sock"
+        assert vm.wait_for(MARKER, timeout=60)
+        assert vm.status() == "running"  # QMP through the short path
+        work = vm.work_dir
+    assert not work.exists() and not sockets.exists()
+
+
 @pytest.mark.parametrize("firmware", [Firmware.BIOS, Firmware.UEFI])
 def test_pxe_boot_over_ipxe_and_http(
     firmware: Firmware, lab: Lab, guest: GuestFiles, tmp_path: Path
