@@ -35,7 +35,7 @@ from lab.vm import Vm
 
 ENV_COUNT = "KILN_POWER_CUTS"
 ENV_SEED = "KILN_POWER_CUT_SEED"
-DEFAULT_COUNT = 3  # each cut costs about three boots under TCG
+DEFAULT_COUNT = 6  # a cut in each of the six windows restore and erase have; each costs 2-4 boots
 DEFAULT_SEED = 6006
 CUT_POLL_SECONDS = 0.002  # how often the console is read while a cut is armed
 

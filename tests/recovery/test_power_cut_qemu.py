@@ -11,7 +11,7 @@ succeeds, the OS boots with the expected version, identity and DATA, the journal
 request are gone, and the image history counts the cut attempt as interrupted exactly when
 the cut left it open (a cut before the attempt began does not count).
 
-`KILN_POWER_CUTS` (default 3) and `KILN_POWER_CUT_SEED` choose the cases; the run's summary
+`KILN_POWER_CUTS` (default 6) and `KILN_POWER_CUT_SEED` choose the cases; the run's summary
 (its "reports" section) ends with "restore power cuts: tried N, converged N (seed S)".
 """
 
