@@ -89,7 +89,7 @@ def contains(disk: Path, needle: bytes) -> bool:
                 block = os.pread(fd, min(chunk, end - offset) + len(needle), offset)
                 if needle in block:
                     return True
-                offset += chunk
+                offset = min(offset + chunk, end)  # not past the hole: a short region
     finally:
         os.close(fd)
     return False
