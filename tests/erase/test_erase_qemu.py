@@ -247,4 +247,4 @@ def test_a_power_cut_during_erase_converges(*, index: int, ahci_unit: ErasedUnit
     unit.tally.notes.append(
         f"{point.describe()}, {cut.late * 1000:.0f} ms late: request "
         f"{'kept' if requested else 'cleared'}, journal {'written' if journal else 'none'}, "
-        f"{len(boots)} boot_once(s) to converge; last line: {cut.last_line[:90]}")
+        f"{len(boots)} boot(s) to converge; last line: {cut.last_line[:90]}")
