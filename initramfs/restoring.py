@@ -29,7 +29,7 @@ from kiln.errors import KilnError
 from kiln.events import EventRecorder, Result
 from kiln.image.signing import PUBLIC_KEY_SUFFIXES, TrustStore
 from recovery.bootfiles import BootFilesUpdate
-from recovery.bootsetup import console_arguments
+from recovery.bootsetup import running_console_arguments
 from recovery.layout import RecoveryLayout, StateFile
 from recovery.restore import find_target, load_disks, restore
 from recovery.store import NoGoodImageError
@@ -45,13 +45,6 @@ class RestoreVerdict:
     ok: bool
     message: str
     pause_seconds: float
-
-
-def _console_args() -> str:
-    try:
-        return console_arguments(Path("/proc/cmdline").read_text())
-    except OSError:
-        return ""
 
 
 def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
@@ -73,7 +66,8 @@ def run_restore(recovery: Path, *, trust_dir: Path = Path("/etc/kiln/keys"),
                                              if path.suffix in PUBLIC_KEY_SUFFIXES))
         target = find_target(layout, mount_point=work / "primary")
         boot_files = BootFilesUpdate(layout=layout, plans=load_disks(layout),
-                                     esp_mount=work / "esp", console_args=_console_args(),
+                                     esp_mount=work / "esp",
+                                     console_args=running_console_arguments(),
                                      efivars=EFIVARS if EFIVARS.is_dir() else None)
         restored = restore(layout, target, trust=trust, serial=serial, variant=variant,
                            recorder=recorder, boot_files=boot_files)

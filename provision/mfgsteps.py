@@ -44,7 +44,7 @@ from provision.inventory import Disk
 from provision.preflight import check_sources
 from provision.validate import Validation
 from recovery.bootfiles import mounted_esp
-from recovery.bootsetup import console_arguments, install_boot
+from recovery.bootsetup import install_boot, running_console_arguments
 from recovery.layout import RecoveryLayout
 from recovery.partitioning import AppliedDisk, apply_plan
 from recovery.partitions import PartitionRole, TargetDisk, plan_layout
@@ -209,14 +209,6 @@ def secrets(state: RunState) -> StepNote:
     return StepNote(message="admin password hash and device token in state/")
 
 
-def _console_args(root: Path) -> str:
-    """The running kernel's `console=` arguments: the unit keeps the line's consoles."""
-    try:
-        return console_arguments((root / "proc/cmdline").read_text())
-    except OSError:
-        return ""
-
-
 def _boot_file(state: RunState, kind: FileKind) -> Path | None:
     found = [spec for spec in state.manufdata.files if spec.kind is kind]
     return state.layout.root / found[0].destination if found else None
@@ -231,7 +223,7 @@ def boot_setup(state: RunState) -> StepNote:
                         message="manufData names no kernel and initrd files: this unit will "
                                 "not boot from its disk")
     firmware = firmware_of(state)
-    console = _console_args(state.machine.root)
+    console = running_console_arguments(state.machine.root)  # the line's consoles
     role = PartitionRole.ESP if firmware is Firmware.UEFI else PartitionRole.RECOVERY
     applied = next(disk for disk in state.applied if disk.plan.partition(role) is not None)
     if firmware is Firmware.BIOS:

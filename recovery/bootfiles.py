@@ -288,11 +288,8 @@ class BootFilesUpdate:
             return None
         target = boot_target(self.plans, recovery=self.layout.root, esp_mount=self.esp_mount)
         with contextlib.ExitStack() as stack:
-            if target.firmware is Firmware.UEFI:
-                esp = next(p.partition(PartitionRole.ESP) for p in self.plans
-                           if p.partition(PartitionRole.ESP) is not None)
-                assert esp is not None
-                node = self.dev / "disk" / "by-partuuid" / esp.partition_uuid.lower()
+            if target.esp is not None:  # UEFI: the ESP boot_target found, by its GUID
+                node = self.dev / "disk" / "by-partuuid" / target.esp.partition_uuid.lower()
                 stack.enter_context(mounted_esp(node.resolve(), self.esp_mount))
             done = install_boot_files(carried, target=target, layout=self.layout,
                                       console_args=self.console_args, efivars=self.efivars)

@@ -102,6 +102,14 @@ def console_arguments(cmdline: str) -> str:
     return " ".join(word for word in cmdline.split() if word.startswith("console="))
 
 
+def running_console_arguments(root: Path = Path("/")) -> str:
+    """The running kernel's `console=` arguments (none when /proc cannot be read)."""
+    try:
+        return console_arguments((root / "proc/cmdline").read_text())
+    except OSError:
+        return ""
+
+
 def serial_unit(console_args: str) -> tuple[int, int] | None:
     """(unit, baud) of the first `console=ttySN[,baud…]`, for GRUB's own serial terminal."""
     for word in console_args.split():
