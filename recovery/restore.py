@@ -34,6 +34,7 @@ Rules, in order:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -204,6 +205,19 @@ def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: R
     return result.payload_bytes
 
 
+def _settle(image: StoredImage, *, store: ImageStore, layout: RecoveryLayout,
+            journal: Journal) -> None:
+    """Everything that records a complete restore, just before the flag (rule 5)."""
+    store.history.finish_attempt(image.image_id, succeeded=True)
+    boots.record_installed(layout, image_id=image.image_id, label=image.label)
+    journal.remove()
+    requested = layout.request_file(Request.RESTORE)
+    if requested.exists():
+        requested.unlink()
+        fsync_directory(requested.parent)
+    log.info("restore: %s recorded as installed; the flag file next", image.label)
+
+
 def _update_boot_files(step: BootFilesStep, root: Path, *, recorder: EventRecorder) -> None:
     """The image's Kiln boot files, when newer (`recovery.bootfiles`); a failure is a warning:
     the unit keeps booting the installed ones, and the next restore tries again."""
@@ -241,7 +255,6 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
     request = read_restore_request(layout)
     wipe_data = request is not None and not request.keep_data
     quarantined: list[str] = []
-    settled: list[StoredImage] = []  # the image whose restore is recorded as complete
     while True:
         with recorder.stage(f"{STAGE}/pick", f"variant {variant or 'any'}"):
             try:
@@ -251,21 +264,12 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
         log.info("restore: %s onto %s", image.label, target.primary)
         store.history.begin_attempt(image.image_id)
 
-        def settle(image: StoredImage = image) -> None:
-            store.history.finish_attempt(image.image_id, succeeded=True)
-            boots.record_installed(layout, image_id=image.image_id, label=image.label)
-            journal.remove()
-            requested = layout.request_file(Request.RESTORE)
-            if requested.exists():
-                requested.unlink()
-                fsync_directory(requested.parent)
-            settled.append(image)
-            log.info("restore: %s recorded as installed; the flag file next", image.label)
-
         try:
             size = _install(image, store=store, target=target, layout=layout, serial=serial,
                             journal=journal, recorder=recorder, wipe_data=wipe_data,
-                            settle=settle, boot_files=boot_files)
+                            settle=functools.partial(_settle, image, store=store,
+                                                     layout=layout, journal=journal),
+                            boot_files=boot_files)
         except ImageError as e:
             store.history.finish_attempt(image.image_id, succeeded=False, reason=str(e))
             store.quarantine(image, str(e))
@@ -274,8 +278,10 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
                       image.label, e)
             continue
         except BaseException as e:
-            if not settled:  # after settling, PRIMARY lacks only its flag: the next boot
-                store.history.finish_attempt(image.image_id, succeeded=False,  # restores
+            # Settled already (the attempt closed)? Then PRIMARY lacks only its flag, and
+            # the next boot restores again: nothing failed.
+            if store.history.record(image.image_id).in_progress:
+                store.history.finish_attempt(image.image_id, succeeded=False,
                                              reason=f"{type(e).__name__}: {e}")
             raise
         return Restored(image=image, quarantined=tuple(quarantined), payload_bytes=size,
