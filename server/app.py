@@ -9,22 +9,38 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
+from starlette.types import ASGIApp, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.config import ServerConfig
 from server.context import AppContext
 from server.crypto import Escrow
 from server.db.engine import make_engine
 from server.db.migrate import upgrade
+from server.ddi.identity import PEER_SCOPE_KEY, DdiRuntime, TenantSettingsCache, Unauthorized
+from server.ddi.poll import PollCache, SeenRecorder
 from server.errors import ApiError, api_error_handler, data_error_handler
 from server.metrics import Metrics
-from server.routes import events, health, images, mfg, operators, profiles, ui, units
+from server.routes import (
+    ddi,
+    events,
+    fleet,
+    health,
+    images,
+    mfg,
+    operators,
+    profiles,
+    ui,
+    units,
+)
 from server.store import BlobStore
 
 log = logging.getLogger("kiln.server")
@@ -58,13 +74,17 @@ def create_app(config: ServerConfig) -> FastAPI:
     context = AppContext(
         config=config, engine=engine, metrics=Metrics(),
         escrow=Escrow.from_file(config.effective_secret_key_file, create=False),
+        ddi=DdiRuntime(polls=PollCache(seconds=config.ddi_cache_seconds),
+                       seen=SeenRecorder(flush_seconds=config.ddi_flush_seconds),
+                       tenants=TenantSettingsCache(seconds=config.ddi_cache_seconds)),
     )
     app = FastAPI(title="Kiln server", version="1", description=DESCRIPTION,
                   docs_url=None, openapi_url="/api/openapi.json", redoc_url=None)
     app.state.context = context
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(DataError, data_error_handler)
-    for module in (health, mfg, events, units, profiles, images, operators, ui):
+    app.add_exception_handler(Unauthorized, ddi.unauthorized_handler)
+    for module in (health, mfg, events, units, profiles, images, operators, fleet, ui, ddi):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"),
               name="static")
@@ -100,10 +120,27 @@ def create_app(config: ServerConfig) -> FastAPI:
             "remote": request.client.host if request.client else None})
         return response
 
+    app.router.add_event_handler("startup", lambda: context.ddi.seen.start(engine))
+    app.router.add_event_handler("shutdown", lambda: context.ddi.seen.stop(engine))
     app.router.add_event_handler("shutdown", engine.dispose)
     return app
 
 
-def app_from_environment() -> FastAPI:
-    """uvicorn's factory in each worker process (`--workers N`)."""
-    return create_app(ServerConfig.from_environment())
+def _noting_the_peer(app: ASGIApp) -> ASGIApp:
+    """Keep the connection's own address (`kiln.peer`) before X-Forwarded-For replaces the
+    client's: DDI believes certificate headers only from a trusted proxy's address."""
+
+    async def noted(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope.get("client"):
+            scope[PEER_SCOPE_KEY] = scope["client"]
+        await app(scope, receive, send)
+
+    return noted
+
+
+def app_from_environment() -> ASGIApp:
+    """uvicorn's factory in each worker process (`--workers N`): the application behind
+    X-Forwarded-For handling for a proxy on this machine."""
+    application = create_app(ServerConfig.from_environment())
+    behind_proxy = ProxyHeadersMiddleware(cast(Any, application), trusted_hosts="127.0.0.1")
+    return _noting_the_peer(cast(ASGIApp, behind_proxy))

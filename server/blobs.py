@@ -9,8 +9,9 @@ or a date equal to Last-Modified) still holds.
 
 Range: one range (`a-b`, `a-`, `-n`) answers 206 with Content-Range; ranges none of which is
 satisfiable answer 416 with `Content-Range: bytes */length`; several satisfiable ranges answer
-200 with the whole file (allowed by RFC 9110 §14.2, and simpler and safer than
-multipart/byteranges); a Range header that does not parse, or names another unit, is ignored.
+200 with the whole file (allowed by RFC 9110 §14.2), or, where the caller asks for it (DDI
+artifacts: hawkBit clients may send them), 206 `multipart/byteranges` with one part per range
+in the order asked; a Range header that does not parse, or names another unit, is ignored.
 HEAD answers exactly the status and headers GET would (Range included), without the body.
 
 The decision (`decide`) is a pure function of the request headers and what is being served,
@@ -22,6 +23,7 @@ from __future__ import annotations
 import email.utils
 import os
 import re
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +54,11 @@ class Representation:
     modified_seconds: int  # Last-Modified, whole seconds since the epoch
     filename: str
     media_type: str = "application/octet-stream"
+    entity_tag: str = ""  # the opaque tag without quotes; default: the sha256
 
     @property
     def etag(self) -> str:
-        return f'"{self.sha256}"'
+        return f'"{self.entity_tag or self.sha256}"'
 
     @property
     def last_modified(self) -> str:
@@ -77,6 +80,8 @@ class Decision:
     status: int
     headers: Mapping[str, str]
     content: ByteRange | None  # the bytes a GET sends; None: no body
+    parts: tuple[tuple[bytes, ByteRange], ...] = ()  # multipart: (part header, range) each
+    closing: bytes = b""  # multipart: the closing delimiter
 
 
 def _entity_tags(value: str) -> list[tuple[bool, str]] | None:
@@ -165,7 +170,21 @@ def _precondition(headers: Mapping[str, str], served: Representation, *,
     return None
 
 
-def decide(headers: Mapping[str, str], served: Representation) -> Decision:
+def _multipart(served: Representation, ranges: list[ByteRange], *,
+               common: dict[str, str]) -> Decision:
+    boundary = secrets.token_hex(16)
+    parts = tuple(((f"\r\n--{boundary}\r\nContent-Type: {served.media_type}\r\n"
+                    f"Content-Range: bytes {part.first}-{part.last}/{served.size}\r\n\r\n"
+                    ).encode(), part) for part in ranges)
+    closing = f"\r\n--{boundary}--\r\n".encode()
+    length = sum(len(head) + part.length for head, part in parts) + len(closing)
+    return Decision(206, {**common, "Content-Length": str(length),
+                          "Content-Type": f"multipart/byteranges; boundary={boundary}"},
+                    None, parts, closing)
+
+
+def decide(headers: Mapping[str, str], served: Representation, *,
+           multipart: bool = False) -> Decision:
     """What to answer a GET (or HEAD) for `served` given these request headers
     (keys in lower case, as Starlette's Headers give them)."""
     common = {"ETag": served.etag, "Last-Modified": served.last_modified,
@@ -179,6 +198,8 @@ def decide(headers: Mapping[str, str], served: Representation) -> Decision:
     ranges = None
     if requested is not None and _if_range_holds(headers.get("if-range", served.etag), served):
         ranges = parse_range(requested, served.size)
+    if multipart and ranges is not None and len(ranges) > 1:
+        return _multipart(served, ranges, common=common)
     if ranges is None or len(ranges) > 1:
         everything = ByteRange(0, served.size - 1) if served.size else None
         return Decision(200, {**whole, "Content-Length": str(served.size)}, everything)
@@ -208,12 +229,21 @@ def _send(handle: BinaryIO, part: ByteRange) -> Iterator[bytes]:
             yield block
 
 
-def serve(request: Request, *, path: Path, served: Representation) -> Response:
+def _send_parts(handle: BinaryIO, decision: Decision) -> Iterator[bytes]:
+    with handle:
+        for head, part in decision.parts:
+            yield head
+            yield from _send(os.fdopen(os.dup(handle.fileno()), "rb", buffering=0), part)
+        yield decision.closing
+
+
+def serve(request: Request, *, path: Path, served: Representation,
+          multipart: bool = False) -> Response:
     """The response to a GET or HEAD of the blob at `path` (opened before answering, so a
     missing file is an error and not a truncated download)."""
-    decision = decide(request.headers, served)
+    decision = decide(request.headers, served, multipart=multipart)
     headers = dict(decision.headers)
-    if request.method == "HEAD" or decision.content is None:
+    if request.method == "HEAD" or (decision.content is None and not decision.parts):
         if decision.status == 416:
             return Response(f"no byte of the range is within the {served.size} bytes\n",
                             status_code=416, headers=headers, media_type="text/plain")
@@ -223,6 +253,10 @@ def serve(request: Request, *, path: Path, served: Representation) -> Response:
     except FileNotFoundError:
         raise ApiError(500, f"the stored blob {served.sha256} is missing from the store "
                             "(the store and the database disagree)") from None
+    if decision.parts:
+        return StreamingResponse(_send_parts(handle, decision), status_code=206,
+                                 headers=headers)
+    assert decision.content is not None
     return StreamingResponse(_send(handle, decision.content), status_code=decision.status,
                              headers=headers)
 

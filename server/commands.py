@@ -63,6 +63,16 @@ def add_commands(tree: CommandTree) -> None:
     server.add_argument("--trust-dir", type=Path,
                         help="image-signing public keys (*.pub) uploads must be signed by "
                              "(default: DATA_DIR/keys)")
+    server.add_argument("--ddi-trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                        help="a reverse proxy (by address) whose X-Controller-Id and "
+                             "X-Authority headers vouch for a device's client certificate "
+                             "(repeat for several)")
+    server.add_argument("--ddi-cache-seconds", type=float, default=10.0,
+                        help="how long a worker reuses a device's poll answer at most "
+                             "(default 10; changes made through the same worker are seen "
+                             "at once)")
+    server.add_argument("--ddi-flush-seconds", type=float, default=5.0,
+                        help="how often devices' last-seen times are written (default 5)")
     server.set_defaults(handler=_run)
     sub = server.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     sub.required = False
@@ -91,7 +101,10 @@ def config_from(arguments: argparse.Namespace) -> ServerConfig:
         database_url=database_url, host=host.strip("[]"), port=int(port), workers=workers,
         public_url=arguments.public_url.rstrip("/"), tls_cert=arguments.tls_cert,
         tls_key=arguments.tls_key, ca_cert=arguments.ca_cert,
-        secret_key_file=arguments.secret_key_file, trust_dir=arguments.trust_dir)
+        secret_key_file=arguments.secret_key_file, trust_dir=arguments.trust_dir,
+        ddi_trusted_proxies=tuple(arguments.ddi_trusted_proxy),
+        ddi_cache_seconds=arguments.ddi_cache_seconds,
+        ddi_flush_seconds=arguments.ddi_flush_seconds)
 
 
 def _run(arguments: argparse.Namespace) -> int:
@@ -112,7 +125,7 @@ def _run(arguments: argparse.Namespace) -> int:
                 port=config.port, workers=config.workers if config.workers > 1 else None,
                 log_config=log_config(), access_log=False, timeout_graceful_shutdown=20,
                 ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
-                proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+                proxy_headers=False)  # applied in the app, after the peer is noted (DDI)
     return 0
 
 

@@ -37,6 +37,13 @@ class ServerConfig:
     secret_key_file: Path | None = None  # default: data_dir/secret.key
     trust_dir: Path | None = None  # image-signing public keys; default: data_dir/keys
     max_upload_bytes: int = 64 * 1024**3
+    # DDI: proxies that terminate devices' TLS and vouch for their client certificates
+    # (X-Controller-Id, X-Authority); how long a worker reuses a poll answer at most (a change
+    # made through another worker reaches devices within it); how often last-seen times are
+    # written.
+    ddi_trusted_proxies: tuple[str, ...] = ()
+    ddi_cache_seconds: float = 10.0
+    ddi_flush_seconds: float = 5.0
 
     @property
     def effective_database_url(self) -> str:
@@ -74,6 +81,9 @@ class ServerConfig:
         if not (url.startswith("sqlite:///") or url.startswith("postgresql")):
             problems.append(f"unsupported database URL {url!r}: use sqlite:///PATH or "
                             "postgresql+psycopg://USER:PASSWORD@HOST/DB")
+        if self.ddi_cache_seconds < 0 or self.ddi_flush_seconds <= 0:
+            problems.append("--ddi-cache-seconds must be 0 or more and --ddi-flush-seconds "
+                            "more than 0")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             problems.append(f"--public-url {self.public_url!r} must start with http(s)://")
         if problems:
@@ -92,4 +102,5 @@ class ServerConfig:
         paths = {"data_dir", "tls_cert", "tls_key", "ca_cert", "secret_key_file", "trust_dir"}
         values: dict[str, Any] = {key: Path(value) if key in paths and value is not None else value
                   for key, value in raw.items()}
+        values["ddi_trusted_proxies"] = tuple(values.get("ddi_trusted_proxies", ()))
         return cls(**values)

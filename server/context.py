@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from sqlalchemy import Engine
@@ -13,6 +14,9 @@ from server.config import ServerConfig
 from server.crypto import Escrow
 from server.metrics import Metrics
 
+if TYPE_CHECKING:
+    from server.ddi.identity import DdiRuntime
+
 
 @dataclass(frozen=True, kw_only=True)
 class AppContext:
@@ -20,6 +24,7 @@ class AppContext:
     engine: Engine
     escrow: Escrow
     metrics: Metrics
+    ddi: DdiRuntime
 
     def trust(self) -> TrustStore:
         """The image-signing keys in the trust directory, read afresh (keys may be added)."""

@@ -84,6 +84,12 @@ class Manifest:
     def label(self) -> str:
         return f"{self.product} {self.version} (build {self.build})"
 
+    @property
+    def release(self) -> str:
+        """Version and build as one string: the software module's version on the server,
+        and what the update agent reports as installed."""
+        return release_of(self.version, self.build)
+
     def frame_output_size(self, index: int) -> int:
         """How many bytes frame `index` decompresses to."""
         if index < len(self.frames) - 1:
@@ -120,6 +126,10 @@ class Manifest:
     def canonical_text(self) -> str:
         """The exact text that is signed: sorted keys, no insignificant whitespace."""
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def release_of(version: str, build: int) -> str:
+    return f"{version}+{build}"
 
 
 def image_id(manifest_text: str) -> str:

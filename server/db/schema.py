@@ -200,3 +200,93 @@ audit = Table(
     Column("details", Text, nullable=False, default="{}"),
     Index("ix_audit_target", "target", "at_ns"),
 )
+
+# --- Field updates: hawkBit DDI (server/ddi/) -----------------------------------------------
+
+ddi_tenants = Table(  # a tenant's DDI settings; a tenant without a row has the defaults
+    "ddi_tenants", metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("gateway_token_hash", String(64)),  # GatewayToken: acts for any controller
+    Column("polling_seconds", Integer, nullable=False),
+    Column("trusted_issuers", Text, nullable=False, default="[]"),  # client-cert authorities
+    Column("updated_ns", BigInteger, nullable=False),
+)
+
+targets = Table(  # a device as DDI knows it: the controller id is a Kiln unit's serial
+    "targets", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("controller_id", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("token_hash", String(64)),  # TargetToken (a Kiln unit uses its device token)
+    Column("unit_id", Integer, ForeignKey("units.id")),
+    Column("attributes", Text, nullable=False, default="{}"),  # configData, JSON object
+    Column("attributes_requested", Boolean, nullable=False, default=True),
+    Column("update_mode", String(16), nullable=False),  # UpdateMode
+    Column("pinned_module_id", Integer, ForeignKey("software_modules.id")),
+    Column("tags", Text, nullable=False, default="[]"),  # JSON list
+    Column("installed_module_id", Integer, ForeignKey("software_modules.id")),
+    Column("installed_action_id", Integer),
+    Column("address", String(64)),
+    Column("last_seen_ns", BigInteger),  # batched: written every few seconds, not per poll
+    Column("created_ns", BigInteger, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    UniqueConstraint("tenant", "controller_id", name="uq_targets_tenant_controller"),
+    Index("ix_targets_token", "token_hash"),
+)
+
+software_modules = Table(  # what an action installs; every uploaded image is one
+    "software_modules", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),  # the DDI chunk's `part`: "os", …
+    Column("name", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("image_id", String(64), ForeignKey("images.id"), unique=True),  # a `.upd` image
+    Column("variants", Text, nullable=False, default="[]"),  # compatible hardware (JSON)
+    Column("created_ns", BigInteger, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Index("ix_software_modules_tenant", "tenant", "name", "version"),
+)
+
+artifacts = Table(  # the files of a module (blobs in the store, by sha256)
+    "artifacts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("module_id", Integer, ForeignKey("software_modules.id"), nullable=False),
+    Column("filename", String(128), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    UniqueConstraint("module_id", "filename", name="uq_artifacts_module_filename"),
+)
+
+actions = Table(  # one per assignment of a module to a target, with its own history
+    "actions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("target_id", Integer, ForeignKey("targets.id"), nullable=False),
+    Column("module_id", Integer, ForeignKey("software_modules.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # ActionKind: forced | soft | download_only
+    Column("state", String(16), nullable=False),  # ActionState
+    Column("active", Boolean, nullable=False),
+    Column("maintenance", Text),  # MaintenanceWindow JSON, or none
+    Column("rollout_id", Integer),
+    Column("wave", Integer),
+    Column("last_message", Text, nullable=False, default=""),
+    Column("created_by", String(128), nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    Index("ix_actions_target", "target_id", "active", "id"),
+    Index("ix_actions_rollout", "rollout_id", "wave", "state"),
+)
+
+action_status = Table(  # an action's history: every feedback and every operator step
+    "action_status", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("action_id", Integer, ForeignKey("actions.id"), nullable=False),
+    Column("at_ns", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("code", Integer),
+    Column("messages", Text, nullable=False, default="[]"),  # JSON list
+    Index("ix_action_status_action", "action_id", "id"),
+)

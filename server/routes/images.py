@@ -33,7 +33,8 @@ from kiln.image.source import FileSource
 from server import audit, blobs
 from server.auth import Operator, Scope, line_for, require
 from server.context import AppContext, context_of, now_ns
-from server.db.schema import files, images
+from server.db.schema import artifacts, files, images
+from server.ddi import catalog
 from server.errors import ApiError, not_found
 from server.routes.profiles import FILE_NAME, PROFILE_NAME
 from server.store import BlobStore, BlobWriter
@@ -110,12 +111,12 @@ def verify_upload(path: FilePath, trust: TrustStore) -> VerifiedImage:
 
 
 def remove_if_unreferenced(engine: Engine, store: BlobStore, *, sha256: str) -> bool:
-    """Delete a blob no image or file names any more (call under `store.lock()`)."""
+    """Delete a blob no image, file or artifact names any more (call under `store.lock()`)."""
     with engine.connect() as connection:
-        used = (connection.execute(select(images.c.id).where(images.c.sha256 == sha256)
-                                   .limit(1)).first()
-                or connection.execute(select(files.c.name).where(files.c.sha256 == sha256)
-                                      .limit(1)).first())
+        used = any(connection.execute(select(column).where(table.c.sha256 == sha256)
+                                      .limit(1)).first()
+                   for table, column in ((images, images.c.id), (files, files.c.name),
+                                         (artifacts, artifacts.c.id)))
     return False if used else store.remove(sha256)
 
 
@@ -140,13 +141,14 @@ def _publish_image(context: AppContext, writer: BlobWriter, *, verified: Verifie
                     payload=manifest.payload_kind.value,
                     key_ids=json.dumps(list(verified.key_ids)), created_ns=now_ns(),
                     uploaded_by=who.username))
+                row = connection.execute(
+                    select(images).where(images.c.id == verified.image_id)).one()
+                catalog.add_image_module(connection, image=row, who=who.username)
                 audit.record(connection, actor=who.actor, action="image.push",
                              target=verified.image_id, remote=remote, details={
                                  "product": manifest.product, "version": manifest.version,
                                  "build": manifest.build, "sha256": blob.sha256,
                                  "size": blob.size})
-                row = connection.execute(
-                    select(images).where(images.c.id == verified.image_id)).one()
         except BaseException:
             if writer.created:
                 store.remove(blob.sha256)
@@ -227,6 +229,11 @@ def _delete_row(context: AppContext, *, table: Table, condition: ColumnElement[b
             sha256 = connection.execute(select(table.c.sha256).where(condition)).scalar()
             if sha256 is None:
                 return False
+            if table is images:
+                try:
+                    catalog.remove_image_module(connection, target)
+                except catalog.ModuleInUse as e:
+                    raise ApiError(409, f"image {target} cannot be deleted: {e}") from None
             connection.execute(delete(table).where(condition))
             audit.record(connection, actor=who.actor, action=action, target=target,
                          remote=remote, details={"sha256": sha256})

@@ -10,7 +10,8 @@ per operation. The checks: no 5xx (with the ASGI transport an unhandled exceptio
 as the exception itself), the content type and body match the response the document
 declares for the status, and every refusal of ours is the house error shape
 `{"detail": "...", "problems": [...]}` (FastAPI declares only its own validation error for
-422, so our 422s are checked against our shape instead).
+422, so our 422s are checked against our shape instead), except DDI's 401, which has no body
+(hawkBit's contract, shared/ddi-checklist.md).
 
 Not fuzzed: `GET /api/v1/units/{serial}/stream` on the existing unit (server-sent events
 never end; it is fuzzed with generated serials, which answer 404 or 401).
@@ -50,6 +51,7 @@ EXAMPLES_WITHOUT_CREDENTIALS = 10  # positive only
 KNOWN_SERIAL = "SN-FUZZ-0001"
 KNOWN_RUN = "run-fuzz-0001"
 FuzzCase = Case[Any]
+DDI_PATHS = "/{tenant}/controller/v1/"
 ENDLESS = re.compile(r"/stream$")  # server-sent events: never ends for a unit that exists
 
 
@@ -107,7 +109,8 @@ def _problem(case: FuzzCase, response: Response) -> tuple[str, str] | None:
             body = response.json()
         except ValueError:
             return "not JSON", f"{status} says JSON but is not: {response.text[:200]}"
-    if status >= 400 and case.method.upper() != "HEAD" \
+    ddi_refusal = status == 401 and not response.content and case.path.startswith(DDI_PATHS)
+    if status >= 400 and case.method.upper() != "HEAD" and not ddi_refusal \
             and not (_is_house_error(body) or _is_fastapi_validation_error(body)):
         return "error shape", f"{status} is not {{'detail': …}}: {response.text[:200]}"
     checks = [not_a_server_error, content_type_conformance]
