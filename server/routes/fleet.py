@@ -44,7 +44,7 @@ class Strict(BaseModel):
 
 
 class DdiSettingsIn(Strict):
-    polling_seconds: int = Field(ge=10, le=7 * 86_400)
+    polling_seconds: int = Field(ge=1, le=7 * 86_400)
     trusted_issuers: list[str] = Field(default_factory=list, max_length=64)
 
 
