@@ -38,6 +38,7 @@ from server.routes import (
     mfg,
     operators,
     profiles,
+    rollouts,
     ui,
     units,
 )
@@ -84,7 +85,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(DataError, data_error_handler)
     app.add_exception_handler(Unauthorized, ddi.unauthorized_handler)
-    for module in (health, mfg, events, units, profiles, images, operators, fleet, ui, ddi):
+    for module in (health, mfg, events, units, profiles, images, operators, fleet, rollouts,
+                   ui, ddi):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"),
               name="static")

@@ -290,3 +290,45 @@ action_status = Table(  # an action's history: every feedback and every operator
     Column("messages", Text, nullable=False, default="[]"),  # JSON list
     Index("ix_action_status_action", "action_id", "id"),
 )
+
+rollouts = Table(  # a module taken to the targets a filter picks, wave by wave
+    "rollouts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("module_id", Integer, ForeignKey("software_modules.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # ActionKind of the actions it makes
+    Column("target_filter", Text, nullable=False),  # TargetFilter JSON
+    Column("success_percent", Integer, nullable=False),  # a wave this done starts the next
+    Column("error_percent", Integer, nullable=False),  # a wave this failed stops the rollout
+    Column("on_error", String(16), nullable=False),  # pause | abort
+    Column("approval_required", Boolean, nullable=False),
+    Column("maintenance", Text),  # MaintenanceWindow JSON for its actions
+    Column("state", String(24), nullable=False),  # RolloutState
+    Column("current_wave", Integer, nullable=False),  # 0 before the first wave starts
+    Column("reason", Text, nullable=False, default=""),  # why it paused or stopped
+    Column("created_by", String(128), nullable=False),
+    Column("approved_by", String(128)),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    Index("ix_rollouts_tenant", "tenant", "id"),
+)
+
+rollout_waves = Table(
+    "rollout_waves", metadata,
+    Column("rollout_id", Integer, ForeignKey("rollouts.id"), primary_key=True),
+    Column("number", Integer, primary_key=True),  # 1, 2, …
+    Column("size", Integer, nullable=False),  # targets in it
+    Column("started_ns", BigInteger),  # set once: a wave starts exactly once
+    Column("finished_ns", BigInteger),
+)
+
+rollout_targets = Table(  # which targets a rollout takes, in which wave (fixed at creation)
+    "rollout_targets", metadata,
+    Column("rollout_id", Integer, ForeignKey("rollouts.id"), primary_key=True),
+    Column("target_id", Integer, ForeignKey("targets.id"), primary_key=True),
+    Column("wave", Integer, nullable=False),
+    Column("action_id", Integer, ForeignKey("actions.id")),  # set when its wave starts
+    Column("skipped", Text),  # why it got no action (its update mode, say)
+    Index("ix_rollout_targets_wave", "rollout_id", "wave"),
+)

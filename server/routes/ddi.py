@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from server import blobs
 from server.context import AppContext, context_of, now_ns
 from server.db.schema import artifacts, software_modules
-from server.ddi import answers, state
+from server.ddi import answers, rollouts, state
 from server.ddi.identity import (
     Unauthorized,
     credential_of,
@@ -170,6 +170,19 @@ def _changing(request: Request, *, tenant: str, controller_id: str,
         context.ddi.polls.forget(tenant, controller_id)
 
 
+def _rollout_moves(connection: Connection, *, tenant: str, action: Any) -> list[str]:
+    """A rollout's action has ended: let its thresholds act (a next wave, a pause). Returns
+    the controllers whose actions changed."""
+    if action.rollout_id is None:
+        return []
+    return rollouts.advance(connection, tenant=tenant, rollout_id=action.rollout_id)
+
+
+def _forget(request: Request, tenant: str, controller_ids: list[str]) -> None:
+    for controller_id in controller_ids:
+        context_of(request).ddi.polls.forget(tenant, controller_id)
+
+
 @router.put("/configData", summary="Report the device's attributes (merge, replace, remove)")
 async def config_data(request: Request, tenant: Tenant,
                       controller_id: ControllerId) -> Response:
@@ -247,14 +260,17 @@ async def deployment_feedback(request: Request, tenant: Tenant, controller_id: C
     except DdiError as e:
         raise ApiError(400, str(e)) from None
 
-    def store(connection: Connection, target: Any) -> None:
+    def store(connection: Connection, target: Any) -> list[str]:
         action = state.action_of(connection, target_id=target.id, action_id=action_id)
         if action is None:
             raise not_found(f"action {action_id} of controller {controller_id!r}")
-        state.apply_feedback(connection, target=target, action=action, feedback=feedback)
+        if state.apply_feedback(connection, target=target, action=action,
+                                feedback=feedback).closed:
+            return _rollout_moves(connection, tenant=tenant, action=action)
+        return []
 
-    await run_in_threadpool(_changing, request, tenant=tenant, controller_id=controller_id,
-                            change=store)
+    _forget(request, tenant, await run_in_threadpool(
+        _changing, request, tenant=tenant, controller_id=controller_id, change=store))
     return Response(status_code=200)
 
 
@@ -279,16 +295,18 @@ async def cancel_feedback(request: Request, tenant: Tenant, controller_id: Contr
     except DdiError as e:
         raise ApiError(400, str(e)) from None
 
-    def store(connection: Connection, target: Any) -> None:
+    def store(connection: Connection, target: Any) -> list[str]:
         action = state.action_of(connection, target_id=target.id, action_id=action_id)
         if action is None:
             raise not_found(f"action {action_id} of controller {controller_id!r}")
         if action.active and action.state != ActionState.CANCELING:
             raise not_found(f"cancellation of action {action_id}")
-        state.apply_cancel_feedback(connection, action=action, feedback=feedback)
+        if state.apply_cancel_feedback(connection, action=action, feedback=feedback).closed:
+            return _rollout_moves(connection, tenant=tenant, action=action)
+        return []
 
-    await run_in_threadpool(_changing, request, tenant=tenant, controller_id=controller_id,
-                            change=store)
+    _forget(request, tenant, await run_in_threadpool(
+        _changing, request, tenant=tenant, controller_id=controller_id, change=store))
     return Response(status_code=200)
 
 
