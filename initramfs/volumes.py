@@ -83,9 +83,10 @@ class DeviceVolumes:
         self.mounted.clear()
 
 
-def _unconfirmed_boots(layout: RecoveryLayout | None) -> int:
+def _unconfirmed_boots(layout: RecoveryLayout | None) -> tuple[int, int]:
+    """(boots the OS left unconfirmed, how many it may): an image on trial gets one."""
     found = unconfirmed(layout) if layout else None
-    return found.count if found else 0
+    return (found.count, found.limit) if found else (0, BOOT_LIMIT)
 
 
 def gather_facts(cmdline: KernelCommandLine, volumes: Volumes) -> tuple[BootFacts, Path | None]:
@@ -116,7 +117,7 @@ def gather_facts(cmdline: KernelCommandLine, volumes: Volumes) -> tuple[BootFact
         restore_requested=bool(layout and layout.requested(Request.RESTORE)),
         primary=primary,
         primary_detail=detail,
-        unconfirmed_boots=_unconfirmed_boots(layout),
-        boot_limit=BOOT_LIMIT,
+        unconfirmed_boots=_unconfirmed_boots(layout)[0],
+        boot_limit=_unconfirmed_boots(layout)[1],
     )
     return facts, recovery

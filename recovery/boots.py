@@ -7,6 +7,10 @@ by removing the file — `kiln boot-done`, run by the Kiln agent or the OS's own
 instead (`initramfs.decide`), and the restore records a failed attempt for the image that
 did not boot: after `history.DEFAULT_FAILURE_LIMIT` such rounds the image is abandoned and
 the next older one is restored. An OS image must therefore confirm its boots.
+
+An image installed on trial (an update: `RestoreRequest.trial`) gets one boot: left
+unconfirmed, it is given up at the next boot and abandoned at once (`TRIAL_BOOT_LIMIT`), so
+the unit is back on its previous image after one restore instead of several rounds.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from kiln.fsutil import atomic_write_json, fsync_directory
 from recovery.layout import RecoveryLayout, StateFile
 
 BOOT_LIMIT = 3
+TRIAL_BOOT_LIMIT = 1
 
 
 @dataclass(frozen=True, kw_only=True)
 class Installed:
     image_id: str
     label: str
+    trial: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,10 +38,15 @@ class Unconfirmed:
     count: int
     image_id: str | None
     label: str
+    trial: bool = False
+
+    @property
+    def limit(self) -> int:
+        return TRIAL_BOOT_LIMIT if self.trial else BOOT_LIMIT
 
     @property
     def given_up(self) -> bool:
-        return self.count >= BOOT_LIMIT
+        return self.count >= self.limit
 
 
 def _read_json(path: Path) -> dict[str, object] | None:
@@ -46,10 +57,11 @@ def _read_json(path: Path) -> dict[str, object] | None:
     return found if isinstance(found, dict) else None
 
 
-def record_installed(layout: RecoveryLayout, *, image_id: str, label: str) -> None:
+def record_installed(layout: RecoveryLayout, *, image_id: str, label: str,
+                     trial: bool = False) -> None:
     """A restore finished: this image is on PRIMARY, and no boot of it is counted yet."""
     atomic_write_json(layout.state_file(StateFile.INSTALLED),
-                      {"image_id": image_id, "label": label})
+                      {"image_id": image_id, "label": label, "trial": trial})
     confirm(layout)
 
 
@@ -57,7 +69,8 @@ def installed(layout: RecoveryLayout) -> Installed | None:
     found = _read_json(layout.state_file(StateFile.INSTALLED))
     if not found or not isinstance(found.get("image_id"), str):
         return None
-    return Installed(image_id=str(found["image_id"]), label=str(found.get("label", "")))
+    return Installed(image_id=str(found["image_id"]), label=str(found.get("label", "")),
+                     trial=found.get("trial") is True)
 
 
 def unconfirmed(layout: RecoveryLayout) -> Unconfirmed | None:
@@ -68,7 +81,7 @@ def unconfirmed(layout: RecoveryLayout) -> Unconfirmed | None:
     image_id = found.get("image_id")
     return Unconfirmed(count=count if isinstance(count, int) else 0,
                        image_id=image_id if isinstance(image_id, str) else None,
-                       label=str(found.get("label", "")))
+                       label=str(found.get("label", "")), trial=found.get("trial") is True)
 
 
 def count_handover(layout: RecoveryLayout, *, label: str) -> Unconfirmed:
@@ -76,9 +89,11 @@ def count_handover(layout: RecoveryLayout, *, label: str) -> Unconfirmed:
     before = unconfirmed(layout)
     image = installed(layout)
     now = Unconfirmed(count=(before.count if before else 0) + 1,
-                      image_id=image.image_id if image else None, label=label)
+                      image_id=image.image_id if image else None, label=label,
+                      trial=bool(image and image.trial))
     atomic_write_json(layout.state_file(StateFile.UNCONFIRMED_BOOTS),
-                      {"count": now.count, "image_id": now.image_id, "label": now.label})
+                      {"count": now.count, "image_id": now.image_id, "label": now.label,
+                       "trial": now.trial})
     return now
 
 

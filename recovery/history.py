@@ -142,6 +142,18 @@ class ImageHistory:
         self._save(records, factory)
         return record
 
+    def give_up(self, image_id: str, *, reason: str, limit: int) -> ImageRecord:
+        """A failed attempt that abandons the image at once (an update on trial that did not
+        boot): its consecutive failures reach `limit`."""
+        record = self.finish_attempt(image_id, succeeded=False, reason=reason)
+        if record.consecutive_failures >= limit:
+            return record
+        records, factory = self._load()
+        record = dataclasses.replace(record, consecutive_failures=limit)
+        records[image_id] = record
+        self._save(records, factory)
+        return record
+
     def forget(self, image_ids: set[str]) -> None:
         records, factory = self._load()
         kept = {key: value for key, value in records.items() if key not in image_ids}

@@ -8,6 +8,11 @@ over a restore request) and removes it once done. Rules:
   file system in the same restore (a quick re-format, not an erase: use an erase request
   for that).
 - erase: destroys PRIMARY and DATA provably (see `erase/`), then the unit restores.
+- A restore request may name the image to restore (`image_id`, the update agent's): it is
+  restored when it is on RECOVERY, fits, and is not abandoned; otherwise the newest good one.
+- `trial` (the update agent's): the image is on trial until the OS confirms its first boot;
+  a first boot left unconfirmed gives it up at once and the unit falls back to the image it
+  had (`recovery.boots`), without the usual rounds of retries.
 - A malformed restore request is read as "restore, keep DATA": the safe reading.
 """
 
@@ -33,6 +38,8 @@ class RestoreRequest:
     keep_data: bool = True
     requested_ns: int = 0
     reason: str = ""
+    image_id: str | None = None
+    trial: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,11 +48,13 @@ class EraseRequest:
     reason: str = ""
 
 
-def request_restore(layout: RecoveryLayout, *, keep_data: bool, reason: str = "") -> Path:
+def request_restore(layout: RecoveryLayout, *, keep_data: bool, reason: str = "",
+                    image_id: str | None = None, trial: bool = False) -> Path:
     path = layout.request_file(Request.RESTORE)
     layout.requests.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, to_json(RestoreRequest(keep_data=keep_data, reason=reason,
-                                                   requested_ns=time.time_ns())))
+                                                   requested_ns=time.time_ns(),
+                                                   image_id=image_id, trial=trial)))
     return path
 
 

@@ -28,7 +28,10 @@ Rules, in order:
    good).
 6. **Boots the OS never confirmed**: a restore that follows `BOOT_LIMIT` unconfirmed boots
    first records a failed attempt for the installed image, so an image that cannot boot is
-   abandoned after the history's failure limit.
+   abandoned after the history's failure limit. An image installed on trial (an update) that
+   left its one boot unconfirmed is abandoned at once, and the previous image comes back.
+7. **An update's request** names its image (`image_id`): that one is restored when it
+   qualifies, else the newest good one; with `trial` it is recorded as installed on trial.
 """
 
 from __future__ import annotations
@@ -206,10 +209,10 @@ def _install(image: StoredImage, *, store: ImageStore, target: Target, layout: R
 
 
 def _settle(image: StoredImage, *, store: ImageStore, layout: RecoveryLayout,
-            journal: Journal) -> None:
+            journal: Journal, trial: bool) -> None:
     """Everything that records a complete restore, just before the flag (rule 5)."""
     store.history.finish_attempt(image.image_id, succeeded=True)
-    boots.record_installed(layout, image_id=image.image_id, label=image.label)
+    boots.record_installed(layout, image_id=image.image_id, label=image.label, trial=trial)
     journal.remove()
     requested = layout.request_file(Request.RESTORE)
     if requested.exists():
@@ -249,16 +252,23 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
     store = ImageStore(layout.root, trust)
     gave_up = boots.unconfirmed(layout)
     if gave_up is not None and gave_up.given_up and gave_up.image_id:
-        reason = f"the OS did not confirm {gave_up.count} boots in a row"
-        log.warning("restore: %s did not boot (%s): a failed attempt", gave_up.label, reason)
-        store.history.finish_attempt(gave_up.image_id, succeeded=False, reason=reason)
+        if gave_up.trial:
+            reason = "the update did not confirm its first boot"
+            log.warning("restore: %s did not boot (%s): given up", gave_up.label, reason)
+            store.history.give_up(gave_up.image_id, reason=reason, limit=store.failure_limit)
+        else:
+            reason = f"the OS did not confirm {gave_up.count} boots in a row"
+            log.warning("restore: %s did not boot (%s): a failed attempt", gave_up.label,
+                        reason)
+            store.history.finish_attempt(gave_up.image_id, succeeded=False, reason=reason)
     request = read_restore_request(layout)
+    wanted = request.image_id if request is not None else None
     wipe_data = request is not None and not request.keep_data
     quarantined: list[str] = []
     while True:
         with recorder.stage(f"{STAGE}/pick", f"variant {variant or 'any'}"):
             try:
-                image = store.pick(variant=variant, verify=False)
+                image = store.pick(variant=variant, verify=False, prefer=wanted)
             except NoGoodImageError as e:
                 raise NoGoodImageError([*quarantined, *e.reasons]) from None
         log.info("restore: %s onto %s", image.label, target.primary)
@@ -267,8 +277,10 @@ def restore(layout: RecoveryLayout, target: Target, *, trust: TrustStore, serial
         try:
             size = _install(image, store=store, target=target, layout=layout, serial=serial,
                             journal=journal, recorder=recorder, wipe_data=wipe_data,
-                            settle=functools.partial(_settle, image, store=store,
-                                                     layout=layout, journal=journal),
+                            settle=functools.partial(
+                                _settle, image, store=store, layout=layout, journal=journal,
+                                trial=bool(request and request.trial
+                                           and image.image_id == wanted)),
                             boot_files=boot_files)
         except ImageError as e:
             store.history.finish_attempt(image.image_id, succeeded=False, reason=str(e))

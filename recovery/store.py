@@ -161,14 +161,22 @@ class ImageStore:
                 raise StoreError(f"{image.path} changed since it was listed")
             reader.verify(progress=progress)
 
-    def pick(self, *, variant: str | None = None, verify: bool = True) -> StoredImage:
-        """The newest image that fits `variant`, is not abandoned, and (if asked) verifies.
+    def pick(self, *, variant: str | None = None, verify: bool = True,
+             prefer: str | None = None) -> StoredImage:
+        """The newest image that fits `variant`, is not abandoned, and (if asked) verifies;
+        with `prefer`, that image first when it qualifies (an update names its image).
 
         An image that fails verification is quarantined and the next older one is tried.
         """
         reasons: list[str] = []
         records = self.history.records()
-        for image in self.images():
+        found = self.images()
+        if prefer is not None:
+            found.sort(key=lambda image: image.image_id != prefer)  # stable: newest after it
+            if not found or found[0].image_id != prefer:
+                reasons.append(f"image {prefer[:12]}… was asked for but is not on RECOVERY")
+                log.warning("%s", reasons[-1])
+        for image in found:
             if variant is not None and not image.manifest.supports_variant(variant):
                 reasons.append(f"{image.label}: not for variant {variant!r}")
                 continue

@@ -293,3 +293,42 @@ def test_everything_is_recorded_before_the_flag_so_a_cut_there_leaves_nothing_op
         assert (record.successes, record.interrupted, record.in_progress) == (2, 0, False)
     with mounted(applied.node(R.PRIMARY), tmp_path / "check") as root:
         assert (root / FLAG_FILE).read_text().startswith("app 1.0.0")
+
+
+@pytest.mark.loop
+@pytest.mark.allow_commands(*COMMANDS)
+def test_an_update_on_trial_restores_its_image_and_falls_back_after_one_unconfirmed_boot(
+        attach_loop: AttachLoop, tmp_path: Path, signing_key: SigningKey,
+        trust: TrustStore) -> None:
+    """The update agent's request names an older image than the newest on RECOVERY and asks
+    for a trial: that image is restored, recorded on trial; its first boot left unconfirmed
+    gives it up at once, and the next restore brings back the newest good image, DATA kept."""
+    plan, applied = _partitioned(attach_loop, Firmware.BIOS)
+    with mounted(applied.node(R.RECOVERY), tmp_path / "rec") as rec:
+        layout = RecoveryLayout(rec)
+        layout.state.mkdir()
+        store = ImageStore(rec, trust)
+        wanted = store.add(_image(tmp_path, signing_key, "2.0.0"))
+        newest = store.add(_image(tmp_path, signing_key, "3.0.0"))
+        target = _target(plan, applied, tmp_path / "primary")
+        recorder = EventRecorder(serial="SN5", spool_dir=layout.logs)
+        request_restore(layout, keep_data=True, reason="update", image_id=wanted.image_id,
+                        trial=True)
+        first = restore(layout, target, trust=trust, serial="SN5", variant=None,
+                        recorder=recorder)
+        assert first.image.image_id == wanted.image_id
+        on_trial = installed(layout)
+        assert on_trial is not None and on_trial.trial
+        assert not layout.requested(Request.RESTORE)
+        count = count_handover(layout, label=wanted.label)
+        assert (count.trial, count.limit, count.given_up) == (True, 1, True)
+        second = restore(layout, target, trust=trust, serial="SN5", variant=None,
+                         recorder=recorder)
+        assert second.image.image_id == newest.image_id
+        record = store.history.record(wanted.image_id)
+        assert record.consecutive_failures >= DEFAULT_FAILURE_LIMIT
+        assert record.last_reason == "the update did not confirm its first boot"
+        after = installed(layout)
+        assert after is not None and not after.trial
+        # asked for again, the abandoned image is passed over for the newest good one
+        assert store.pick(verify=False, prefer=wanted.image_id).image_id == newest.image_id
