@@ -116,10 +116,16 @@ class ServerEndpoints:
                                                      description="credential escrow"))
     ca_pem: str | None = field(default=None, metadata=constraint(
         pattern=PEM, description="PEM of the CA the unit verifies an https server against"))
+    ddi_url: str | None = field(default=None, metadata=constraint(
+        pattern=URL, description="hawkBit DDI root of the unit's tenant "
+                                 "(`…/{tenant}/controller/v1`): the update agent polls "
+                                 "`{ddi_url}/{serial}` with its device token"))
 
     def cross_checks(self) -> Iterator[tuple[str, str]]:
         for name in ("events_url", "units_url", "credentials_url"):
             yield from _url_problems(name, getattr(self, name))
+        if self.ddi_url is not None:
+            yield from _url_problems("ddi_url", self.ddi_url)
 
 
 @dataclass(frozen=True, kw_only=True)

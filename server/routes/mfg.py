@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -45,6 +46,7 @@ def served_manufdata(request: Request, row: Any) -> dict[str, Any]:
         "events_url": f"{base}/api/v1/events",
         "units_url": f"{base}/mfg/{row.name}/units",
         "credentials_url": f"{base}/mfg/{row.name}/credentials",
+        "ddi_url": f"{base}/{quote(row.tenant, safe='')}/controller/v1",
     }
     if context.config.ca_cert is not None:
         server["ca_pem"] = context.config.ca_cert.read_text()
