@@ -1,0 +1,5 @@
+import sys
+
+from agent.commands import main
+
+sys.exit(main())
