@@ -118,6 +118,22 @@ def register_target(connection: Connection, *, tenant: str, controller_id: str,
     return find_target(connection, tenant=tenant, controller_id=controller_id)
 
 
+def enroll_unit(connection: Connection, *, unit: Any) -> None:
+    """A unit being manufactured is a DDI target from then on (controller id = serial, its
+    device token as TargetToken, its variant as an attribute), so a rollout can take it
+    before it ever polls."""
+    target = find_target(connection, tenant=unit.tenant, controller_id=unit.serial)
+    if target is None:
+        target = register_target(connection, tenant=unit.tenant, controller_id=unit.serial,
+                                 unit_id=unit.id)
+    attributes = {**json.loads(target.attributes), "serial": unit.serial}
+    if unit.variant:
+        attributes["variant"] = unit.variant
+    connection.execute(update(targets).where(targets.c.id == target.id).values(
+        unit_id=unit.id, attributes=json.dumps(attributes, sort_keys=True),
+        updated_ns=now_ns()))
+
+
 def current_action(connection: Connection, target_id: int) -> Any:
     """What the device is told about: the oldest action being canceled, else the oldest open
     one (with its module)."""

@@ -21,6 +21,7 @@ from server.auth import basic_credentials, line_for, new_device_token
 from server.context import context_of, now_ns
 from server.crypto import EscrowError, digest, new_admin_password, unopenable
 from server.db.schema import credentials, profiles, units
+from server.ddi import state as ddi_state
 from server.errors import ApiError, not_found
 
 router = APIRouter(prefix="/mfg/{profile}", tags=["factory line"])
@@ -173,7 +174,9 @@ def hand_out_credentials(request: Request, profile: str,
         token = new_device_token()
         connection.execute(update(units).where(units.c.id == unit.id)
                            .values(device_token_hash=digest(token), updated_ns=now))
+        ddi_state.enroll_unit(connection, unit=unit)
         audit.record(connection, actor=line.actor, action="credential.handout",
                      target=unit.serial, remote=audit.remote_of(request))
+    context.ddi.polls.forget(line.tenant, unit.serial)  # its token changed
     return JSONResponse({"serial": unit.serial, "admin_password": password,
                          "device_token": token}, headers={"Cache-Control": "no-store"})

@@ -109,6 +109,8 @@ def database_text(app: FastAPI) -> list[str]:
         for table in metadata.sorted_tables:
             columns = [column for column in table.columns
                        if isinstance(column.type, String | Text | LargeBinary)]
+            if not columns:
+                continue
             for row in connection.execute(select(*columns)):
                 for value in row:
                     if isinstance(value, bytes | memoryview):

@@ -192,3 +192,23 @@ def test_a_credential_sealed_under_another_server_key_does_not_open(
         connection.execute(update(credentials).values(sealed=foreign))
     answer = reveal(client, revealer, "SN-1")
     assert answer.status_code == 409, answer.text
+
+
+def test_a_unit_is_a_ddi_target_from_its_credentials_on(client: TestClient, line: LineLogin,
+                                                         admin: OperatorLogin) -> None:
+    """Rollouts can take a unit before it polls; it polls DDI with its device token (a new
+    token replaces the old one there too)."""
+    start_manufacture(client, line, "SN-1")
+    first = hand_out(client, line, "SN-1").json()["device_token"]
+    target = client.get("/api/v1/tenants/default/targets/SN-1", headers=admin.headers)
+    assert target.status_code == 200, target.text
+    assert target.json()["kiln_unit"] is True
+    assert target.json()["attributes"]["serial"] == "SN-1"
+    poll = client.get("/default/controller/v1/SN-1",
+                      headers={"Authorization": f"TargetToken {first}"})
+    assert poll.status_code == 200
+    second = hand_out(client, line, "SN-1").json()["device_token"]
+    assert client.get("/default/controller/v1/SN-1", headers={
+        "Authorization": f"TargetToken {first}"}).status_code == 401
+    assert client.get("/default/controller/v1/SN-1", headers={
+        "Authorization": f"TargetToken {second}"}).status_code == 200
