@@ -25,8 +25,9 @@ from server.context import AppContext
 from server.crypto import Escrow
 from server.db.engine import make_engine
 from server.db.migrate import upgrade
+from server.ddi.fastpath import PollFastPath
 from server.ddi.identity import PEER_SCOPE_KEY, DdiRuntime, TenantSettingsCache, Unauthorized
-from server.ddi.poll import PollCache, SeenRecorder
+from server.ddi.poll import ChangeFeed, PollCache, SeenRecorder
 from server.errors import ApiError, api_error_handler, data_error_handler
 from server.metrics import Metrics
 from server.routes import (
@@ -40,6 +41,7 @@ from server.routes import (
     profiles,
     rollouts,
     ui,
+    ui_fleet,
     units,
 )
 from server.store import BlobStore
@@ -70,14 +72,21 @@ def prepare(config: ServerConfig) -> None:
         engine.dispose()
 
 
+def _ddi_runtime(config: ServerConfig) -> DdiRuntime:
+    polls = PollCache(seconds=config.ddi_cache_seconds)
+    tenants = TenantSettingsCache(seconds=config.ddi_cache_seconds)
+    return DdiRuntime(polls=polls, seen=SeenRecorder(flush_seconds=config.ddi_flush_seconds),
+                      tenants=tenants,
+                      feed=ChangeFeed(polls=polls, forget_tenant_settings=tenants.forget,
+                                      sync_seconds=config.ddi_sync_seconds))
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     engine = make_engine(config.effective_database_url)
     context = AppContext(
         config=config, engine=engine, metrics=Metrics(),
         escrow=Escrow.from_file(config.effective_secret_key_file, create=False),
-        ddi=DdiRuntime(polls=PollCache(seconds=config.ddi_cache_seconds),
-                       seen=SeenRecorder(flush_seconds=config.ddi_flush_seconds),
-                       tenants=TenantSettingsCache(seconds=config.ddi_cache_seconds)),
+        ddi=_ddi_runtime(config),
     )
     app = FastAPI(title="Kiln server", version="1", description=DESCRIPTION,
                   docs_url=None, openapi_url="/api/openapi.json", redoc_url=None)
@@ -86,7 +95,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_exception_handler(DataError, data_error_handler)
     app.add_exception_handler(Unauthorized, ddi.unauthorized_handler)
     for module in (health, mfg, events, units, profiles, images, operators, fleet, rollouts,
-                   ui, ddi):
+                   ui, ui_fleet, ddi):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"),
               name="static")
@@ -122,7 +131,10 @@ def create_app(config: ServerConfig) -> FastAPI:
             "remote": request.client.host if request.client else None})
         return response
 
+    app.add_middleware(PollFastPath)  # outermost: a cached poll skips everything above
     app.router.add_event_handler("startup", lambda: context.ddi.seen.start(engine))
+    app.router.add_event_handler("startup", lambda: context.ddi.feed.start(engine))
+    app.router.add_event_handler("shutdown", context.ddi.feed.stop)
     app.router.add_event_handler("shutdown", lambda: context.ddi.seen.stop(engine))
     app.router.add_event_handler("shutdown", engine.dispose)
     return app

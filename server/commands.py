@@ -67,10 +67,13 @@ def add_commands(tree: CommandTree) -> None:
                         help="a reverse proxy (by address) whose X-Controller-Id and "
                              "X-Authority headers vouch for a device's client certificate "
                              "(repeat for several)")
-    server.add_argument("--ddi-cache-seconds", type=float, default=10.0,
-                        help="how long a worker reuses a device's poll answer at most "
-                             "(default 10; changes made through the same worker are seen "
-                             "at once)")
+    server.add_argument("--ddi-cache-seconds", type=float, default=600.0,
+                        help="how long a worker keeps a device's poll answer at most "
+                             "(default 600; any change drops it sooner, through the change "
+                             "feed; 0: no cache)")
+    server.add_argument("--ddi-sync-seconds", type=float, default=1.0,
+                        help="how often each worker reads the change feed: how stale a poll "
+                             "answer another worker made may be (default 1)")
     server.add_argument("--ddi-flush-seconds", type=float, default=5.0,
                         help="how often devices' last-seen times are written (default 5)")
     server.set_defaults(handler=_run)
@@ -104,6 +107,7 @@ def config_from(arguments: argparse.Namespace) -> ServerConfig:
         secret_key_file=arguments.secret_key_file, trust_dir=arguments.trust_dir,
         ddi_trusted_proxies=tuple(arguments.ddi_trusted_proxy),
         ddi_cache_seconds=arguments.ddi_cache_seconds,
+        ddi_sync_seconds=arguments.ddi_sync_seconds,
         ddi_flush_seconds=arguments.ddi_flush_seconds)
 
 

@@ -38,11 +38,12 @@ class ServerConfig:
     trust_dir: Path | None = None  # image-signing public keys; default: data_dir/keys
     max_upload_bytes: int = 64 * 1024**3
     # DDI: proxies that terminate devices' TLS and vouch for their client certificates
-    # (X-Controller-Id, X-Authority); how long a worker reuses a poll answer at most (a change
-    # made through another worker reaches devices within it); how often last-seen times are
-    # written.
+    # (X-Controller-Id, X-Authority); how long a worker keeps a poll answer at most; how often
+    # each worker reads the change feed (a change made through another worker reaches
+    # devices within it); how often last-seen times are written.
     ddi_trusted_proxies: tuple[str, ...] = ()
-    ddi_cache_seconds: float = 10.0
+    ddi_cache_seconds: float = 600.0
+    ddi_sync_seconds: float = 1.0
     ddi_flush_seconds: float = 5.0
 
     @property
@@ -81,9 +82,10 @@ class ServerConfig:
         if not (url.startswith("sqlite:///") or url.startswith("postgresql")):
             problems.append(f"unsupported database URL {url!r}: use sqlite:///PATH or "
                             "postgresql+psycopg://USER:PASSWORD@HOST/DB")
-        if self.ddi_cache_seconds < 0 or self.ddi_flush_seconds <= 0:
-            problems.append("--ddi-cache-seconds must be 0 or more and --ddi-flush-seconds "
-                            "more than 0")
+        if self.ddi_cache_seconds < 0 or self.ddi_flush_seconds <= 0 \
+                or self.ddi_sync_seconds <= 0:
+            problems.append("--ddi-cache-seconds must be 0 or more, --ddi-flush-seconds and "
+                            "--ddi-sync-seconds more than 0")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             problems.append(f"--public-url {self.public_url!r} must start with http(s)://")
         if problems:

@@ -28,6 +28,9 @@ class Metrics:
                                         registry=self.registry)
         self.uploaded_bytes = Counter("kiln_upload_bytes", "Bytes received in uploads",
                                       registry=self.registry)
+        self.ddi_polls = Counter("kiln_ddi_polls", "DDI root polls answered, by where the "
+                                 "answer came from (cache, database)", ["answer"],
+                                 registry=self.registry)
         self.credential_reveals = Counter("kiln_credential_reveals",
                                           "Credentials revealed to operators",
                                           registry=self.registry)

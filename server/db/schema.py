@@ -332,3 +332,12 @@ rollout_targets = Table(  # which targets a rollout takes, in which wave (fixed 
     Column("skipped", Text),  # why it got no action (its update mode, say)
     Index("ix_rollout_targets_wave", "rollout_id", "wave"),
 )
+
+ddi_changes = Table(  # what changed for which controllers: other workers drop cached answers
+    "ddi_changes", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("controller_id", String(128)),  # none: every controller of the tenant
+    Column("at_ns", BigInteger, nullable=False),
+    Index("ix_ddi_changes_at", "at_ns"),
+)

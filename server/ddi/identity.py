@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from server.crypto import digest
 from server.ddi import state
 from server.ddi.model import AuthScheme
-from server.ddi.poll import PollCache, SeenRecorder
+from server.ddi.poll import ChangeFeed, PollCache, SeenRecorder
 
 PEER_SCOPE_KEY = "kiln.peer"  # the connection's own address, before proxy headers apply
 
@@ -76,6 +76,11 @@ class TenantSettingsCache:
     def forget(self, tenant: str) -> None:
         self._entries.pop(tenant, None)
 
+    def peek(self, tenant: str) -> state.TenantSettings | None:
+        """The cached settings, if fresh (never reads the database)."""
+        found = self._entries.get(tenant)
+        return found[0] if found is not None and found[1] >= time.monotonic() else None
+
 
 def vouches_for_any(credential: Credential, settings: state.TenantSettings) -> bool:
     """Whether the credential acts for every controller of the tenant (and may register one)."""
@@ -104,3 +109,4 @@ class DdiRuntime:
     polls: PollCache
     seen: SeenRecorder
     tenants: TenantSettingsCache
+    feed: ChangeFeed

@@ -36,7 +36,7 @@ from server.ddi.model import (
     parse_config_data,
     parse_feedback,
 )
-from server.ddi.poll import CachedPoll
+from server.ddi.poll import CachedPoll, record_changes
 from server.errors import ApiError, not_found
 from server.store import BlobStore, StoreError
 
@@ -132,6 +132,9 @@ async def root_poll(request: Request, tenant: Tenant, controller_id: ControllerI
     if entry is None:
         entry = await run_in_threadpool(_fresh_poll, request, tenant=tenant,
                                         controller_id=controller_id)
+        context_of(request).metrics.ddi_polls.labels("database").inc()
+    else:
+        context_of(request).metrics.ddi_polls.labels("cache").inc()
     context_of(request).ddi.seen.record(entry.target_id, at_ns=now_ns(),
                                         address=_address(request))
     headers = {"ETag": entry.etag}
@@ -161,7 +164,9 @@ def _changing(request: Request, *, tenant: str, controller_id: str,
                                    register=False)
     try:
         with context.engine.begin() as connection:
-            return change(connection, target)
+            result = change(connection, target)
+            record_changes(connection, tenant=tenant, controller_ids=[controller_id])
+            return result
     except DdiError as e:
         raise ApiError(400, str(e)) from None
     except state.ActionGone as e:
@@ -175,7 +180,9 @@ def _rollout_moves(connection: Connection, *, tenant: str, action: Any) -> list[
     the controllers whose actions changed."""
     if action.rollout_id is None:
         return []
-    return rollouts.advance(connection, tenant=tenant, rollout_id=action.rollout_id)
+    touched = rollouts.advance(connection, tenant=tenant, rollout_id=action.rollout_id)
+    record_changes(connection, tenant=tenant, controller_ids=touched)
+    return touched
 
 
 def _forget(request: Request, tenant: str, controller_ids: list[str]) -> None:

@@ -24,6 +24,7 @@ from server.crypto import digest, new_secret
 from server.db.schema import action_status, actions, software_modules, targets
 from server.ddi import catalog, state
 from server.ddi.model import ActionKind, DdiError, MaintenanceWindow, UpdateMode
+from server.ddi.poll import record_changes
 from server.errors import ApiError, not_found
 from server.routes.ddi import CONTROLLER_PATTERN, TENANT_PATTERN
 from server.routes.images import remove_if_unreferenced, store_of
@@ -117,6 +118,7 @@ def put_settings(request: Request, tenant: Tenant, body: DdiSettingsIn,
             trusted_issuers=frozenset(body.trusted_issuers)))
         _audit(request, connection, who=who, action="ddi.settings", target=tenant,
                details=body.model_dump())
+        record_changes(connection, tenant=tenant, controller_ids=[None])
     _forget(request, tenant)
     return get_settings(request, tenant, who)
 
@@ -132,6 +134,7 @@ def new_gateway_token(request: Request, tenant: Tenant, who: Writer) -> JSONResp
             polling_seconds=current.polling_seconds, trusted_issuers=current.trusted_issuers))
         _audit(request, connection, who=who, action="ddi.gateway-token", target=tenant,
                details={})
+        record_changes(connection, tenant=tenant, controller_ids=[None])
     _forget(request, tenant)
     return JSONResponse({"gateway_token": token}, status_code=201)
 
@@ -237,6 +240,7 @@ def change_target(request: Request, tenant: Tenant, controller_id: ControllerId,
             _audit(request, connection, who=who, action="target.change",
                    target=f"{tenant}/{controller_id}", details=body.model_dump(
                        exclude_none=True, mode="json"))
+            record_changes(connection, tenant=tenant, controller_ids=[controller_id])
     _forget(request, tenant, controller_id)
     return get_target(request, tenant, controller_id, who)
 
@@ -268,6 +272,7 @@ def assign(request: Request, tenant: Tenant, controller_id: ControllerId, body: 
                target=f"{tenant}/{controller_id}",
                details={"action": action_id, "module": body.module_id,
                         "kind": body.kind.value})
+        record_changes(connection, tenant=tenant, controller_ids=[controller_id])
         row = connection.execute(select(actions).where(actions.c.id == action_id)).one()
     _forget(request, tenant, controller_id)
     return JSONResponse(_action_json(row), status_code=201)
@@ -308,6 +313,7 @@ def cancel(request: Request, tenant: Tenant, action_id: int, body: CancelIn,
         _audit(request, connection, who=who, action="action.cancel",
                target=f"{tenant}/{row.controller_id}",
                details={"action": action_id, "force": body.force})
+        record_changes(connection, tenant=tenant, controller_ids=[row.controller_id])
     _forget(request, tenant, row.controller_id)
     return get_action(request, tenant, action_id, who)
 

@@ -22,6 +22,7 @@ from server.context import context_of, now_ns
 from server.crypto import EscrowError, digest, new_admin_password, unopenable
 from server.db.schema import credentials, profiles, units
 from server.ddi import state as ddi_state
+from server.ddi.poll import record_changes
 from server.errors import ApiError, not_found
 
 router = APIRouter(prefix="/mfg/{profile}", tags=["factory line"])
@@ -175,6 +176,7 @@ def hand_out_credentials(request: Request, profile: str,
         connection.execute(update(units).where(units.c.id == unit.id)
                            .values(device_token_hash=digest(token), updated_ns=now))
         ddi_state.enroll_unit(connection, unit=unit)
+        record_changes(connection, tenant=line.tenant, controller_ids=[unit.serial])
         audit.record(connection, actor=line.actor, action="credential.handout",
                      target=unit.serial, remote=audit.remote_of(request))
     context.ddi.polls.forget(line.tenant, unit.serial)  # its token changed

@@ -19,6 +19,7 @@ from server.context import context_of
 from server.db.schema import rollouts, software_modules
 from server.ddi import rollouts as engine_rollouts
 from server.ddi.model import ActionKind, DdiError, MaintenanceWindow
+from server.ddi.poll import record_changes
 from server.ddi.rollouts import OnError, RolloutPlan, TargetFilter, WaveSpec
 from server.errors import ApiError, not_found
 from server.routes.ddi import TENANT_PATTERN
@@ -158,6 +159,7 @@ def step_rollout(request: Request, tenant: Tenant, rollout_id: int, operation: O
             raise ApiError(409, str(e)) from None
         audit.record(connection, actor=who.actor, action=f"rollout.{operation}",
                      target=f"{tenant}/rollout/{rollout_id}", remote=audit.remote_of(request))
+        record_changes(connection, tenant=tenant, controller_ids=touched)
         document = rollout_document(connection, _row(connection, tenant, rollout_id))
     for controller_id in touched:
         context.ddi.polls.forget(tenant, controller_id)

@@ -148,26 +148,26 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def _page(request: Request, name: str, *, who: Operator | None, status: int = 200,
+def page(request: Request, name: str, *, who: Operator | None, status: int = 200,
           **values: Any) -> Response:
     return templates.TemplateResponse(request, name, {"who": who, "now_ns": now_ns(), **values},
                                       status_code=status, headers=SECURITY_HEADERS)
 
 
-def _message(request: Request, who: Operator | None, *, status: int, title: str,
+def message_page(request: Request, who: Operator | None, *, status: int, title: str,
              message: str) -> Response:
-    return _page(request, "message.html", who=who, status=status, title=title,
+    return page(request, "message.html", who=who, status=status, title=title,
                  message=message)
 
 
-def _gate(request: Request, scope: Scope = Scope.UNITS_READ) -> Operator | Response:
+def gate(request: Request, scope: Scope = Scope.UNITS_READ) -> Operator | Response:
     """The logged-in operator holding `scope`; else the login redirect or a 403 page."""
     who = session_operator(request)
     if who is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/ui/login?" + urlencode({"next": target}), status_code=303)
     if not who.has(scope):
-        return _message(request, who, status=403, title="Not allowed",
+        return message_page(request, who, status=403, title="Not allowed",
                         message=f"Your account lacks the '{scope.value}' scope this page "
                                 "needs; an administrator can grant it.")
     return who
@@ -176,7 +176,7 @@ def _gate(request: Request, scope: Scope = Scope.UNITS_READ) -> Operator | Respo
 def _login_form(request: Request, *, next_path: str, status: int = 200,
                 error: str | None = None, username: str = "") -> Response:
     token = secrets.token_urlsafe(24)
-    response = _page(request, "login.html", who=None, status=status, error=error,
+    response = page(request, "login.html", who=None, status=status, error=error,
                      next_path=next_path, login_token=token, username=username)
     response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path="/ui/login", httponly=True,
                         samesite="strict", secure=request.url.scheme == "https")
@@ -245,7 +245,7 @@ def logout(request: Request, csrf: Annotated[str, Form(max_length=128)] = "") ->
     if who is None:
         return RedirectResponse("/ui/login", status_code=303)
     if who.csrf is None or not secrets.compare_digest(csrf, who.csrf):
-        return _message(request, who, status=403, title="Not logged out",
+        return message_page(request, who, status=403, title="Not logged out",
                         message="The logout request lacked this session's CSRF token; use "
                                 "the Log out button.")
     end_session(request)
@@ -262,7 +262,7 @@ def _count(finished: Mapping[str, Mapping[str, int]], kind: str, status: str | N
 
 @router.get("/")
 def dashboard(request: Request) -> Response:
-    who = _gate(request)
+    who = gate(request)
     if isinstance(who, Response):
         return who
     with context_of(request).engine.connect() as connection:
@@ -279,7 +279,7 @@ def dashboard(request: Request) -> Response:
         "erases": _count(finished, Lifecycle.ERASE),
         "erases_failed": _count(finished, Lifecycle.ERASE, RunStatus.FAILED),
     }
-    return _page(request, "dashboard.html", who=who, stats=stats, summary=summary,
+    return page(request, "dashboard.html", who=who, stats=stats, summary=summary,
                  failed_units=failed_units)
 
 
@@ -338,7 +338,7 @@ def unit_filter(query: Mapping[str, str]) -> tuple[UnitFilter | None, list[str]]
 
 @router.get("/units")
 def unit_list(request: Request) -> Response:
-    who = _gate(request)
+    who = gate(request)
     if isinstance(who, Response):
         return who
     query = {key: value for key, value in request.query_params.items()}
@@ -354,7 +354,7 @@ def unit_list(request: Request) -> Response:
                 next_link = "/ui/units?" + urlencode(
                     {key: value for key, value in query.items() if value and key != "cursor"}
                     | {"cursor": cursor})
-    return _page(request, "units.html", who=who, query=query, problems=problems,
+    return page(request, "units.html", who=who, query=query, problems=problems,
                  units=found, next_link=next_link, profile_names=profile_names,
                  lifecycles=[*map(str, Lifecycle)], statuses=[*map(str, RunStatus)],
                  status=400 if problems else 200)
@@ -380,12 +380,12 @@ def disks_of(hardware: Any) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _not_found(request: Request, who: Operator, what: str) -> Response:
-    return _message(request, who, status=404, title="Not found", message=f"{what} not found.")
+    return message_page(request, who, status=404, title="Not found", message=f"{what} not found.")
 
 
 @router.get("/units/{serial}")
 def unit_page(request: Request, serial: str) -> Response:
-    who = _gate(request)
+    who = gate(request)
     if isinstance(who, Response):
         return who
     with context_of(request).engine.connect() as connection:
@@ -400,7 +400,7 @@ def unit_page(request: Request, serial: str) -> Response:
                        not disks} if isinstance(hardware, dict) else hardware)
     certified = {row["run_id"] for row in detail["erase_certificates"]}
     reported = {row["run_id"] for row in detail["qa_reports"]}
-    return _page(request, "unit.html", who=who, unit=detail, timeline=timeline,
+    return page(request, "unit.html", who=who, unit=detail, timeline=timeline,
                  total_events=total_events, disks=disks, disk_columns=disk_columns,
                  other_hardware=other_hardware, certified=certified, reported=reported,
                  last_event_id=timeline[-1]["id"] if timeline else 0,
@@ -409,7 +409,7 @@ def unit_page(request: Request, serial: str) -> Response:
 
 @router.get("/units/{serial}/qa")
 def qa_page(request: Request, serial: str) -> Response:
-    who = _gate(request)
+    who = gate(request)
     if isinstance(who, Response):
         return who
     with context_of(request).engine.connect() as connection:
@@ -421,13 +421,13 @@ def qa_page(request: Request, serial: str) -> Response:
         return _not_found(request, who, f"A QA report for unit {serial!r} (it is written "
                                         "when a manufacture succeeds)")
     disk_columns, disks = disks_of(report.get("hardware"))
-    return _page(request, "qa.html", who=who, serial=serial, report=report, disks=disks,
+    return page(request, "qa.html", who=who, serial=serial, report=report, disks=disks,
                  disk_columns=disk_columns)
 
 
 @router.get("/units/{serial}/erase/{run_id}")
 def erase_page(request: Request, serial: str, run_id: str) -> Response:
-    who = _gate(request)
+    who = gate(request)
     if isinstance(who, Response):
         return who
     with context_of(request).engine.connect() as connection:
@@ -452,14 +452,14 @@ def erase_page(request: Request, serial: str, run_id: str) -> Response:
             nested[key] = value
         else:
             scalars[key] = value
-    return _page(request, "erase.html", who=who, serial=serial, run_id=run_id,
+    return page(request, "erase.html", who=who, serial=serial, run_id=run_id,
                  created_ns=row.created_ns, scalars=scalars, tables=tables, nested=nested,
                  profile=unit.profile, variant=unit.variant)
 
 
 @router.get("/images")
 def image_list(request: Request) -> Response:
-    who = _gate(request)
+    who = gate(request)
     if isinstance(who, Response):
         return who
     with context_of(request).engine.connect() as connection:
@@ -467,7 +467,7 @@ def image_list(request: Request) -> Response:
                                   .order_by(images.c.created_ns.desc())).all()
     found = [dict(row._mapping) | {"variants": _json_list(row.variants),
                                    "key_ids": _json_list(row.key_ids)} for row in rows]
-    return _page(request, "images.html", who=who, images=found)
+    return page(request, "images.html", who=who, images=found)
 
 
 def _json_list(text: str) -> list[Any]:
@@ -480,7 +480,7 @@ def _json_list(text: str) -> list[Any]:
 
 @router.get("/profiles")
 def profile_list(request: Request) -> Response:
-    who = _gate(request)
+    who = gate(request)
     if isinstance(who, Response):
         return who
     with context_of(request).engine.connect() as connection:
@@ -492,4 +492,4 @@ def profile_list(request: Request) -> Response:
               "kernel_args": row.kernel_args, "manufdata": json.loads(row.document),
               "mfg_url": f"{base}/mfg/{quote(row.name)}/manufData.json",
               "ipxe_url": f"{base}/mfg/{quote(row.name)}/boot.ipxe"} for row in rows]
-    return _page(request, "profiles.html", who=who, profiles=found)
+    return page(request, "profiles.html", who=who, profiles=found)

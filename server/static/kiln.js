@@ -142,7 +142,47 @@
     });
   }
 
+  // A rollout's page: its state and each wave's counts, refreshed every 2 s from the API.
+  function followRollout(status) {
+    const url = status.dataset.follow;
+    async function refresh() {
+      try {
+        const response = await fetch(url, { headers: { "Accept": "application/json" } });
+        if (!response.ok) {
+          throw new Error(String(response.status));
+        }
+        const rollout = await response.json();
+        const state = document.getElementById("rollout-state");
+        state.textContent = rollout.state;
+        state.className = "badge rollout-" + rollout.state;
+        document.getElementById("rollout-reason").textContent = rollout.reason;
+        rollout.waves.forEach(function (wave) {
+          const row = document.querySelector('tr[data-wave="' + wave.number + '"]');
+          if (!row) {
+            return;
+          }
+          ["finished", "failed", "open", "skipped"].forEach(function (field) {
+            row.querySelector('[data-field="' + field + '"]').textContent = String(wave[field]);
+          });
+          row.querySelector('[data-field="progress"]').value = wave.finished;
+          if (wave.started_ns) {
+            row.querySelector('[data-field="started"]').textContent = utcClock(wave.started_ns).iso;
+          }
+        });
+        status.textContent = "live";
+      } catch (error) {
+        status.textContent = "reconnecting…";
+      }
+      window.setTimeout(refresh, 2000);
+    }
+    window.setTimeout(refresh, 2000);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    const following = document.getElementById("live-status");
+    if (following) {
+      followRollout(following);
+    }
     const table = document.getElementById("timeline");
     if (table) {
       followLog(table);

@@ -182,3 +182,49 @@ def test_an_operator_follows_a_unit_live_and_reveals_its_password(
     expect(page.locator(stat("failed"))).to_have_text("1")
     expect(page.locator(stat("in-progress"))).to_have_text("0")
     page.screenshot(path=tmp_path / "kiln-ui-dashboard.png", full_page=True)
+
+
+@pytest.mark.allow_commands("python", "node")
+def test_an_operator_follows_a_rollout_wave_by_wave_and_pauses_it(
+        tmp_path: Path, server: LiveServer, page: Page) -> None:
+    """The rollout's page shows each wave's progress as devices report (without a reload),
+    and its buttons step the rollout."""
+    admin_password, token = server.admin()
+    api = f"{server.url}/api/v1/tenants/default"
+    headers = {"Authorization": f"Bearer {token}"}
+    devices = requests.post(f"{api}/targets", headers=headers, timeout=10, json={
+        "targets": [{"controller_id": f"dev-{n}"} for n in range(4)]}).json()["targets"]
+    module = requests.post(f"{api}/softwaremodules", headers=headers, timeout=10,
+                           json={"name": "fw", "version": "2.0"}).json()["id"]
+    requests.put(f"{api}/softwaremodules/{module}/artifacts/fw.swu", data=b"fw", timeout=10,
+                 headers={**headers, "Content-Type": "application/octet-stream"})
+    made = requests.post(f"{api}/rollouts", headers=headers, timeout=10, json={
+        "name": "spring", "module_id": module, "waves": [{"count": 2}, {"percent": 100}],
+        "success_percent": 50}).json()
+    page.goto(f"{server.url}/ui/rollouts/{made['id']}")
+    log_in(page, "admin", admin_password)
+    expect(page.locator("#rollout-state")).to_have_text("ready")
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#rollout-state")).to_have_text("running")
+    first = page.locator('tr[data-wave="1"] [data-field="finished"]')
+    expect(first).to_have_text("0")
+    device = devices[0]
+    controller = f"{server.url}/default/controller/v1/{device['controller_id']}"
+    auth = {"Authorization": f"TargetToken {device['target_token']}"}
+    href = requests.get(controller, headers=auth, timeout=10).json()["_links"][
+        "deploymentBase"]["href"]
+    action = href.split("/deploymentBase/")[1].split("?")[0]
+    answer = requests.post(f"{controller}/deploymentBase/{action}/feedback", headers=auth,
+                           timeout=10, json={"status": {"execution": "closed",
+                                                        "result": {"finished": "success"}}})
+    assert answer.status_code == 200
+    expect(first).to_have_text("1", timeout=WAIT_MS)  # live: no reload
+    expect(page.locator('tr[data-wave="2"] [data-field="open"]')).to_have_text("2")
+    page.screenshot(path=str(tmp_path / "rollout.png"), full_page=True)
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator("#rollout-state")).to_have_text("paused")
+    expect(page.locator("#rollout-reason")).to_have_text("paused by user:admin")
+    page.goto(f"{server.url}/ui/rollouts")
+    expect(page.locator("#rollouts")).to_contain_text("spring")
+    page.goto(f"{server.url}/ui/devices")
+    expect(page.locator("#devices")).to_contain_text("dev-3")

@@ -1,5 +1,6 @@
 """Rollouts: a module taken to the targets a filter picks, in waves, with success and error
-thresholds.
+thresholds; and the DDI change feed, through which every worker drops cached poll answers
+another worker made stale.
 
 Revision ID: 0003
 Revises: 0002
@@ -17,6 +18,16 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('ddi_changes',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('tenant', sa.String(length=64), nullable=False),
+    sa.Column('controller_id', sa.String(length=128), nullable=True),
+    sa.Column('at_ns', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ddi_changes'))
+    )
+    with op.batch_alter_table('ddi_changes', schema=None) as batch_op:
+        batch_op.create_index('ix_ddi_changes_at', ['at_ns'], unique=False)
+
     op.create_table('rollouts',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('tenant', sa.String(length=64), nullable=False),
@@ -68,6 +79,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('ddi_changes', schema=None) as batch_op:
+        batch_op.drop_index('ix_ddi_changes_at')
+
+    op.drop_table('ddi_changes')
     with op.batch_alter_table('rollout_targets', schema=None) as batch_op:
         batch_op.drop_index('ix_rollout_targets_wave')
 
