@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from server import blobs
 from server.context import AppContext, context_of, now_ns
 from server.db.schema import artifacts, software_modules
-from server.ddi import answers, rollouts, state
+from server.ddi import answers, latest, rollouts, state
 from server.ddi.identity import (
     Unauthorized,
     credential_of,
@@ -202,6 +202,8 @@ async def config_data(request: Request, tenant: Tenant,
         current = json.loads(target.attributes)
         state.set_attributes(connection, target_id=target.id,
                              attributes=merged_attributes(current, change))
+        latest.follow_latest(connection, target=state.find_target(
+            connection, tenant=tenant, controller_id=controller_id))
 
     await run_in_threadpool(_changing, request, tenant=tenant, controller_id=controller_id,
                             change=store)

@@ -22,7 +22,7 @@ from server.auth import Operator, Scope, require
 from server.context import AppContext, context_of, now_ns
 from server.crypto import digest, new_secret
 from server.db.schema import action_status, actions, software_modules, targets
-from server.ddi import catalog, state
+from server.ddi import catalog, latest, state
 from server.ddi.model import ActionKind, DdiError, MaintenanceWindow, UpdateMode
 from server.ddi.poll import record_changes
 from server.errors import ApiError, not_found
@@ -240,6 +240,8 @@ def change_target(request: Request, tenant: Tenant, controller_id: ControllerId,
             _audit(request, connection, who=who, action="target.change",
                    target=f"{tenant}/{controller_id}", details=body.model_dump(
                        exclude_none=True, mode="json"))
+            latest.follow_latest(connection, target=_target_or_404(connection, tenant,
+                                                                   controller_id))
             record_changes(connection, tenant=tenant, controller_ids=[controller_id])
     _forget(request, tenant, controller_id)
     return get_target(request, tenant, controller_id, who)

@@ -34,7 +34,8 @@ from server import audit, blobs
 from server.auth import Operator, Scope, line_for, require
 from server.context import AppContext, context_of, now_ns
 from server.db.schema import artifacts, files, images
-from server.ddi import catalog
+from server.ddi import catalog, latest
+from server.ddi.poll import record_changes
 from server.errors import ApiError, not_found
 from server.routes.profiles import FILE_NAME, PROFILE_NAME
 from server.store import BlobStore, BlobWriter
@@ -144,6 +145,8 @@ def _publish_image(context: AppContext, writer: BlobWriter, *, verified: Verifie
                 row = connection.execute(
                     select(images).where(images.c.id == verified.image_id)).one()
                 catalog.add_image_module(connection, image=row, who=who.username)
+                following = latest.follow_latest_everywhere(connection, tenant=TENANT)
+                record_changes(connection, tenant=TENANT, controller_ids=following)
                 audit.record(connection, actor=who.actor, action="image.push",
                              target=verified.image_id, remote=remote, details={
                                  "product": manifest.product, "version": manifest.version,
@@ -153,6 +156,8 @@ def _publish_image(context: AppContext, writer: BlobWriter, *, verified: Verifie
             if writer.created:
                 store.remove(blob.sha256)
             raise
+    for controller_id in following:
+        context.ddi.polls.forget(TENANT, controller_id)
     return row, True
 
 
