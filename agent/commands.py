@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -15,6 +16,7 @@ from agent.config import DEFAULT_ETC, DEFAULT_RECOVERY, load_config
 from agent.ddi import DdiClient
 from agent.updater import Updater
 from kiln.cli import CommandTree
+from kiln.deviceclient import DeviceClient
 from kiln.errors import KilnError
 from recovery import boots
 from recovery.layout import RecoveryLayout
@@ -55,8 +57,16 @@ def _run(arguments: argparse.Namespace) -> int:
                          reboot_argv=tuple(shlex.split(arguments.reboot_command)),
                          poll_seconds=arguments.poll_seconds,
                          confirm_boot=not arguments.no_confirm_boot)
-    with DdiClient(config.controller_url, token=config.token, verify=config.verify) as client:
-        result = Updater(config, client=client).run(
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(DdiClient(config.controller_url, token=config.token,
+                                               verify=config.verify))
+        reporter = None
+        if config.endpoints is not None:
+            reporter = stack.enter_context(DeviceClient(
+                config.endpoints, token=config.token, serial=config.serial,
+                base_url=config.profile_url))
+        result = Updater(config, client=client,
+                         send_events=reporter.send_events if reporter else None).run(
             cycles=1 if arguments.once else arguments.cycles)
     print(f"agent: {result.outcome.value}: {result.message}", file=sys.stderr)
     return 0

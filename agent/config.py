@@ -35,6 +35,8 @@ class AgentConfig:
     reboot_argv: tuple[str, ...] = ("reboot",)
     poll_seconds: int | None = None  # None: the server's polling interval
     confirm_boot: bool = True  # the OS is up once the agent runs: confirm the boot
+    endpoints: ServerEndpoints | None = None  # for RECOVERY's spooled events
+    profile_url: str = ""  # what relative endpoints resolve against
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -83,4 +85,5 @@ def load_config(*, etc: Path = DEFAULT_ETC, recovery: Path = DEFAULT_RECOVERY,
     return AgentConfig(controller_url=f"{ddi_root(endpoints)}/{quote(serial, safe='')}",
                        token=token, serial=serial, variant=str(identity.get("variant") or ""),
                        recovery=recovery, verify=verify, reboot_argv=reboot_argv,
-                       poll_seconds=poll_seconds, confirm_boot=confirm_boot)
+                       poll_seconds=poll_seconds, confirm_boot=confirm_boot,
+                       endpoints=endpoints, profile_url=str(identity.get("profile_url") or ""))

@@ -8,7 +8,8 @@ A cycle, in order:
    report and never loses it.
 2. **Poll** the root; answer `configData` with the unit's attributes (serial, variant,
    installed image, hardware revision) and declare the installed image (`installedBase`)
-   when the server does not know it yet.
+   when the server does not know it yet. Send the events the ramdisk's runs (a restore, an
+   erase) spooled on RECOVERY while they had no network, with the device token.
 3. **Cancel** (`cancelAction`): withdraw a restore this agent requested and has not rebooted
    for yet, and acknowledge.
 4. **Deploy** (`deploymentBase`): honour `download: skip`; otherwise report `download`, copy the
@@ -38,6 +39,7 @@ from agent.config import AgentConfig
 from agent.ddi import DdiAnswerError, DdiClient, Deployment
 from agent.pending import PendingUpdate
 from kiln.errors import KilnError
+from kiln.events import Sender, spools
 from kiln.image.errors import ImageError, SourceError
 from kiln.image.http import HttpSource
 from kiln.image.signing import TrustStore
@@ -74,9 +76,10 @@ class CycleResult:
 
 class Updater:
     def __init__(self, config: AgentConfig, *, client: DdiClient,
-                 reboot: Callable[[], None] | None = None):
+                 reboot: Callable[[], None] | None = None, send_events: Sender | None = None):
         self.config = config
         self.client = client
+        self.send_events = send_events
         self.layout = RecoveryLayout(config.recovery)
         self.store = ImageStore(config.recovery, TrustStore.from_paths([self.layout.keys]))
         self.reboot = reboot or (lambda: run(list(config.reboot_argv), timeout=60))
@@ -113,6 +116,19 @@ class Updater:
                 raise
             log.info("agent: the server has no module for %s: %s", image.label, e)
 
+    def _send_spooled(self) -> None:
+        """RECOVERY's spooled events to the server; what fails stays for the next cycle."""
+        if self.send_events is None:
+            return
+        sent = 0
+        try:
+            for spool in spools(self.layout.logs):
+                sent += spool.flush(self.send_events)
+        except (ServerError, OSError) as e:
+            log.warning("agent: spooled events stay on RECOVERY for now: %s", e)
+        if sent:
+            log.info("agent: sent %d spooled event(s) from RECOVERY", sent)
+
     # -- a cycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -132,6 +148,7 @@ class Updater:
                 self.client.config_data(self.attributes())
             if "installedBase" not in poll.links and not self._declared:
                 self._declare_installed()
+            self._send_spooled()
             if "cancelAction" in poll.links:
                 return self._cancel(poll.links["cancelAction"])
             if "deploymentBase" in poll.links:
@@ -147,9 +164,8 @@ class Updater:
         return CycleResult(outcome=outcome, sleep_seconds=self._sleep, message=message)
 
     def _settle(self, update: PendingUpdate) -> CycleResult | None:
-        if self.layout.requested(Request.RESTORE):
-            self.reboot()  # the restore this update asked for has not run yet
-            return self._result(Outcome.RESTORING, f"{update.label}: rebooting to restore")
+        if self.layout.requested(Request.RESTORE):  # its restore has not run yet
+            return self._rebooting(f"{update.label}: rebooting to restore")
         installed = boots.installed(self.layout)
         if installed is not None and installed.image_id == update.image_id:
             if boots.unconfirmed(self.layout) is not None:
@@ -247,8 +263,12 @@ class Updater:
             f"restoring {stored.label} on trial, keeping DATA; rebooting"])
         request_restore(self.layout, keep_data=True, image_id=stored.image_id, trial=True,
                         reason=f"update: action {deployment.action_id}")
+        return self._rebooting(f"{stored.label}: rebooting to restore")
+
+    def _rebooting(self, message: str) -> CycleResult:
+        result = self._result(Outcome.RESTORING, message)  # said before the reboot cuts it
         self.reboot()
-        return self._result(Outcome.RESTORING, f"{stored.label}: rebooting to restore")
+        return result
 
     def run(self, *, cycles: int | None = None,
             sleep: Callable[[float], None] = time.sleep) -> CycleResult:

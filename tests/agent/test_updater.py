@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from agent import pending
 from agent.config import load_config
 from agent.ddi import DdiClient
 from agent.updater import Outcome, Updater
+from kiln.events import Event, EventRecorder, Result, Sender
 from kiln.image.signing import SigningKey, TrustStore
+from kiln.serverclient import ServerError
 from recovery import boots
 from recovery.layout import RecoveryLayout, Request, StateFile
 from recovery.requests import read_restore_request
@@ -59,11 +61,12 @@ class Unit:
         assert answer.ok, f"{method} {path}: {answer.status_code} {answer.text}"
         return answer.json()
 
-    def updater(self) -> Updater:
+    def updater(self, send_events: Sender | None = None) -> Updater:
         """The agent as it starts after a boot."""
         config = load_config(etc=self.etc, recovery=self.recovery)
         client = DdiClient(config.controller_url, token=config.token, verify=config.verify)
-        updater = Updater(config, client=client, reboot=lambda: self.reboots.append("reboot"))
+        updater = Updater(config, client=client, reboot=lambda: self.reboots.append("reboot"),
+                          send_events=send_events)
         updater.start()
         return updater
 
@@ -229,3 +232,26 @@ def test_nothing_is_lost_while_the_server_is_away(unit: Unit) -> None:
     unit.server.run()
     assert unit.updater().cycle().outcome is Outcome.REPORTED
     assert unit.action(action_id)["state"] == "finished"
+
+
+def test_events_the_ramdisk_spooled_on_recovery_are_sent_once(unit: Unit) -> None:
+    """The events endpoint itself is tested with a real unit's token in the server's tests and
+    in QEMU; here the sender records what it is given, and fails once."""
+    recorder = EventRecorder(serial=SERIAL, spool_dir=unit.layout.logs)
+    recorder.start("restore", "a restore without network")
+    recorder.finish("restore", Result.SUCCESS, "restored")
+    received: list[Event] = []
+    failing = True
+
+    def send(batch: Sequence[Event]) -> None:
+        if failing:
+            raise ServerError("events: cannot reach the server")
+        received.extend(batch)
+
+    assert unit.updater(send).cycle().outcome is Outcome.IDLE  # a failed send is no failure
+    assert received == []
+    failing = False
+    unit.updater(send).cycle()
+    assert [event.name for event in received] == ["restore", "restore"]
+    unit.updater(send).cycle()
+    assert len(received) == 2  # acknowledged: never again
