@@ -130,6 +130,18 @@ class DdiClient(Closing):
     def deployment(self, href: str) -> Deployment:
         return parse_deployment(self._json(href, what="DDI deploymentBase"))
 
+    def confirm(self, href: str, *, details: list[str]) -> int:
+        """Consent to the action a `confirmationBase` link names; returns its id."""
+        path = href.split("?", 1)[0]
+        try:
+            action_id = int(path.rsplit("/", 1)[1])
+        except ValueError:
+            raise DdiAnswerError(f"the confirmation link {href!r} names no action") from None
+        self._call("POST", f"{self.controller_url}/confirmationBase/{action_id}/feedback",
+                   what=f"DDI confirmation of action {action_id}",
+                   json={"confirmation": "confirmed", "details": details})
+        return action_id
+
     def cancel_stop_id(self, href: str) -> int:
         document = _object(self._json(href, what="DDI cancelAction"), "cancelAction")
         cancel = _object(document.get("cancelAction"), "cancelAction.cancelAction")

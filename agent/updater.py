@@ -11,7 +11,8 @@ A cycle, in order:
    when the server does not know it yet. Send the events the ramdisk's runs (a restore, an
    erase) spooled on RECOVERY while they had no network, with the device token.
 3. **Cancel** (`cancelAction`): withdraw a restore this agent requested and has not rebooted
-   for yet, and acknowledge.
+   for yet, and acknowledge. **Consent** (`confirmationBase`, where the server asks for it):
+   an appliance has nobody to ask, so the agent confirms.
 4. **Deploy** (`deploymentBase`): honour `download: skip`; otherwise report `download`, copy the
    `.upd` artifact into RECOVERY with the verified, resumable reader (`ImageStore.add`),
    report `downloaded`; with `update: skip` (a download-only action, or a closed maintenance
@@ -59,6 +60,7 @@ HARDWARE_REVISION = Path("/sys/class/dmi/id/product_version")
 
 class Outcome(enum.StrEnum):
     IDLE = "idle"  # nothing to do
+    CONFIRMED = "confirmed"  # the device consented to an action (it comes next poll)
     REPORTED = "reported"  # a result went to the server
     DOWNLOADED = "downloaded"  # the image is on RECOVERY; installing waits (update: skip)
     RESTORING = "restoring"  # a restore is requested; the unit reboots
@@ -151,6 +153,10 @@ class Updater:
             self._send_spooled()
             if "cancelAction" in poll.links:
                 return self._cancel(poll.links["cancelAction"])
+            if "confirmationBase" in poll.links:  # nobody to ask on an appliance: consent
+                action_id = self.client.confirm(poll.links["confirmationBase"], details=[
+                    "the appliance consents: there is no user to ask"])
+                return self._result(Outcome.CONFIRMED, f"action {action_id} confirmed")
             if "deploymentBase" in poll.links:
                 return self._deploy(self.client.deployment(poll.links["deploymentBase"]))
             return self._result(Outcome.IDLE, "nothing to do")

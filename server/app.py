@@ -32,6 +32,7 @@ from server.errors import ApiError, api_error_handler, data_error_handler
 from server.metrics import Metrics
 from server.routes import (
     ddi,
+    ddi_confirmation,
     events,
     fleet,
     health,
@@ -95,7 +96,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_exception_handler(DataError, data_error_handler)
     app.add_exception_handler(Unauthorized, ddi.unauthorized_handler)
     for module in (health, mfg, events, units, profiles, images, operators, fleet, rollouts,
-                   ui, ui_fleet, ddi):
+                   ui, ui_fleet, ddi_confirmation, ddi):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"),
               name="static")

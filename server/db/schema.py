@@ -209,6 +209,7 @@ ddi_tenants = Table(  # a tenant's DDI settings; a tenant without a row has the 
     Column("gateway_token_hash", String(64)),  # GatewayToken: acts for any controller
     Column("polling_seconds", Integer, nullable=False),
     Column("trusted_issuers", Text, nullable=False, default="[]"),  # client-cert authorities
+    Column("confirmation_required", Boolean, nullable=False, default=False),  # user consent
     Column("updated_ns", BigInteger, nullable=False),
 )
 
@@ -227,6 +228,9 @@ targets = Table(  # a device as DDI knows it: the controller id is a Kiln unit's
     Column("tags", Text, nullable=False, default="[]"),  # JSON list
     Column("installed_module_id", Integer, ForeignKey("software_modules.id")),
     Column("installed_action_id", Integer),
+    Column("auto_confirm", Boolean, nullable=False, default=False),  # consents in advance
+    Column("auto_confirm_by", String(128)),  # the initiator the device named
+    Column("auto_confirm_remark", Text),
     Column("address", String(64)),
     Column("last_seen_ns", BigInteger),  # batched: written every few seconds, not per poll
     Column("created_ns", BigInteger, nullable=False),
@@ -267,7 +271,7 @@ actions = Table(  # one per assignment of a module to a target, with its own his
     Column("target_id", Integer, ForeignKey("targets.id"), nullable=False),
     Column("module_id", Integer, ForeignKey("software_modules.id"), nullable=False),
     Column("kind", String(16), nullable=False),  # ActionKind: forced | soft | download_only
-    Column("state", String(16), nullable=False),  # ActionState
+    Column("state", String(24), nullable=False),  # ActionState
     Column("active", Boolean, nullable=False),
     Column("maintenance", Text),  # MaintenanceWindow JSON, or none
     Column("rollout_id", Integer),
@@ -285,7 +289,7 @@ action_status = Table(  # an action's history: every feedback and every operator
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("action_id", Integer, ForeignKey("actions.id"), nullable=False),
     Column("at_ns", BigInteger, nullable=False),
-    Column("state", String(16), nullable=False),
+    Column("state", String(24), nullable=False),
     Column("code", Integer),
     Column("messages", Text, nullable=False, default="[]"),  # JSON list
     Index("ix_action_status_action", "action_id", "id"),

@@ -85,6 +85,10 @@ def poll_answer(where: ControllerBase, *, target: Any, action: Any,
     valid_until = float("inf")
     if action is not None and action.state == ActionState.CANCELING:
         links["cancelAction"] = where.link(f"cancelAction/{action.id}")
+    elif action is not None and action.state == ActionState.WAITING_CONFIRMATION:
+        handling = handlings(action, at_seconds=at)
+        links["confirmationBase"] = where.link(
+            f"confirmationBase/{action.id}?c={action_hash(action, handling)}")
     elif action is not None:
         handling = handlings(action, at_seconds=at)
         valid_until = handling.valid_until
@@ -113,8 +117,10 @@ def artifact_document(where: ControllerBase, *, module_id: int, filename: str,
 
 def deployment_document(where: ControllerBase, *, action: Any,
                         files: list[dict[str, Any]], messages: list[str] | None,
-                        at_seconds: float | None = None) -> dict[str, Any]:
-    """deploymentBase (and installedBase): the action's one chunk and its artifacts."""
+                        at_seconds: float | None = None,
+                        key: str = "deployment") -> dict[str, Any]:
+    """deploymentBase (and installedBase; `key` "confirmation" for confirmationBase): the
+    action's one chunk and its artifacts."""
     handling = handlings(action, at_seconds=time.time() if at_seconds is None else at_seconds)
     deployment: dict[str, Any] = {"download": handling.download.value,
                                   "update": handling.update.value}
@@ -122,7 +128,7 @@ def deployment_document(where: ControllerBase, *, action: Any,
         deployment["maintenanceWindow"] = handling.window
     deployment["chunks"] = [{"part": action.module_kind, "version": action.module_version,
                              "name": action.module_name, "artifacts": files}]
-    document: dict[str, Any] = {"id": str(action.id), "deployment": deployment}
+    document: dict[str, Any] = {"id": str(action.id), key: deployment}
     if messages is not None:
         document["actionHistory"] = {"status": action.state.upper(), "messages": messages}
     return document
@@ -130,3 +136,20 @@ def deployment_document(where: ControllerBase, *, action: Any,
 
 def cancel_document(action_id: int) -> dict[str, Any]:
     return {"id": str(action_id), "cancelAction": {"stopId": str(action_id)}}
+
+
+def confirmation_overview(where: ControllerBase, *, target: Any,
+                          waiting_action: Any) -> dict[str, Any]:
+    """confirmationBase: whether the device consents in advance, and what waits."""
+    auto: dict[str, Any] = {"active": bool(target.auto_confirm)}
+    if target.auto_confirm:
+        auto.update({"initiator": target.auto_confirm_by or "",
+                     "remark": target.auto_confirm_remark or ""})
+    links = {("deactivateAutoConfirm" if target.auto_confirm else "activateAutoConfirm"):
+             where.link("confirmationBase/" + ("deactivateAutoConfirm" if target.auto_confirm
+                                               else "activateAutoConfirm"))}
+    if waiting_action is not None:
+        handling = handlings(waiting_action, at_seconds=time.time())
+        links["confirmationBase"] = where.link(
+            f"confirmationBase/{waiting_action.id}?c={action_hash(waiting_action, handling)}")
+    return {"autoConfirm": auto, "_links": links}

@@ -39,6 +39,7 @@ class Finished(enum.StrEnum):
 
 
 class ActionState(enum.StrEnum):
+    WAITING_CONFIRMATION = "waiting_confirmation"  # offered for the device's consent first
     RUNNING = "running"  # assigned; offered to the device, or the device works on it
     DOWNLOAD = "download"
     DOWNLOADED = "downloaded"
@@ -90,6 +91,34 @@ class AuthScheme(enum.StrEnum):
     TARGET_TOKEN = "TargetToken"  # noqa: S105 (a scheme's name)
     GATEWAY_TOKEN = "GatewayToken"  # noqa: S105
     CERTIFICATE = "certificate"  # a client certificate, vouched for by a trusted proxy
+
+
+class Consent(enum.StrEnum):
+    """`confirmation` of a confirmationBase feedback."""
+
+    CONFIRMED = "confirmed"
+    DENIED = "denied"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfirmationFeedback:
+    consent: Consent
+    code: int | None
+    details: tuple[str, ...]
+
+
+def parse_confirmation(document: Any) -> ConfirmationFeedback:
+    """`{"confirmation": "confirmed|denied", "code": 200, "details": [...]}`."""
+    if not isinstance(document, dict):
+        raise DdiError("the confirmation feedback must be a JSON object")
+    consent = _choice(Consent, document.get("confirmation"), "confirmation")
+    details = document.get("details", [])
+    if not isinstance(details, list) or not all(isinstance(d, str) for d in details):
+        raise DdiError("details must be a list of strings")
+    code = document.get("code")
+    if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
+        raise DdiError("code must be an integer")
+    return ConfirmationFeedback(consent=consent, code=code, details=tuple(details))
 
 
 class ConfigMode(enum.StrEnum):

@@ -35,6 +35,8 @@ from server.db.schema import (
 from server.ddi.model import (
     ActionKind,
     ActionState,
+    ConfirmationFeedback,
+    Consent,
     Execution,
     Feedback,
     Finished,
@@ -51,6 +53,10 @@ class ActionGone(Exception):
     """The action has ended: no feedback is taken any more."""
 
 
+class NotWaiting(Exception):
+    """The action does not wait for the device's confirmation."""
+
+
 class NotAssignable(Exception):
     """The target does not take this assignment (its update mode says no)."""
 
@@ -61,6 +67,7 @@ class TenantSettings:
     gateway_token_hash: str | None
     polling_seconds: int
     trusted_issuers: frozenset[str]
+    confirmation_required: bool = False  # new actions wait for the device's consent
 
 
 def tenant_settings(connection: Connection, tenant: str) -> TenantSettings:
@@ -71,12 +78,14 @@ def tenant_settings(connection: Connection, tenant: str) -> TenantSettings:
                               trusted_issuers=frozenset())
     return TenantSettings(tenant=tenant, gateway_token_hash=row.gateway_token_hash,
                           polling_seconds=row.polling_seconds,
-                          trusted_issuers=frozenset(json.loads(row.trusted_issuers)))
+                          trusted_issuers=frozenset(json.loads(row.trusted_issuers)),
+                          confirmation_required=row.confirmation_required)
 
 
 def save_tenant_settings(connection: Connection, settings: TenantSettings) -> None:
     values = {"gateway_token_hash": settings.gateway_token_hash,
               "polling_seconds": settings.polling_seconds,
+              "confirmation_required": settings.confirmation_required,
               "trusted_issuers": json.dumps(sorted(settings.trusted_issuers)),
               "updated_ns": now_ns()}
     changed = connection.execute(update(ddi_tenants).where(
@@ -113,7 +122,8 @@ def register_target(connection: Connection, *, tenant: str, controller_id: str,
     connection.execute(insert_ignoring_duplicates(connection.engine, targets).values(
         tenant=tenant, controller_id=controller_id, name=name or controller_id,
         token_hash=token_hash, unit_id=unit_id, attributes="{}", attributes_requested=True,
-        update_mode=mode.value, tags="[]", address=address, last_seen_ns=now,
+        update_mode=mode.value, tags="[]", auto_confirm=False, address=address,
+        last_seen_ns=now,
         created_ns=now, updated_ns=now))
     return find_target(connection, tenant=tenant, controller_id=controller_id)
 
@@ -198,9 +208,11 @@ def _move(connection: Connection, *, action: Any, state: ActionState, active: bo
 
 def assign(connection: Connection, *, target: Any, module_id: int, kind: ActionKind,
            who: str, maintenance: MaintenanceWindow | None = None,
-           rollout_id: int | None = None, wave: int | None = None) -> int:
+           rollout_id: int | None = None, wave: int | None = None,
+           confirm: bool | None = None) -> int:
     """A new action installing `module_id` on `target`; older open actions are asked to
-    cancel. Returns the action's id."""
+    cancel. With `confirm` (None: the tenant's setting) it first waits for the device's
+    consent, unless the device consented in advance (auto-confirm). Returns its id."""
     mode = UpdateMode(target.update_mode)
     if mode is UpdateMode.PINNED and module_id != target.pinned_module_id:
         raise NotAssignable(f"target {target.controller_id!r} is pinned to module "
@@ -212,16 +224,61 @@ def assign(connection: Connection, *, target: Any, module_id: int, kind: ActionK
             actions.c.target_id == target.id, actions.c.active.is_(True),
             actions.c.state != ActionState.CANCELING)).all():
         request_cancel(connection, action=older, who=f"a new assignment by {who}")
+    if confirm is None:
+        confirm = tenant_settings(connection, target.tenant).confirmation_required
+    waits = confirm and not target.auto_confirm
+    state = ActionState.WAITING_CONFIRMATION if waits else ActionState.RUNNING
     now = now_ns()
     action_id: int = connection.execute(actions.insert().values(
         tenant=target.tenant, target_id=target.id, module_id=module_id, kind=kind.value,
-        state=ActionState.RUNNING.value, active=True,
+        state=state.value, active=True,
         maintenance=json.dumps(maintenance.to_json()) if maintenance else None,
         rollout_id=rollout_id, wave=wave, last_message="", created_by=who,
         created_ns=now, updated_ns=now).returning(actions.c.id)).scalar_one()
-    add_status(connection, action_id=action_id, state=ActionState.RUNNING,
-               messages=[f"assigned by {who}"])
+    said = [f"assigned by {who}"]
+    if confirm and not waits:
+        said.append(f"confirmed in advance (auto-confirm by {target.auto_confirm_by})")
+    elif waits:
+        said.append("waiting for the device's confirmation")
+    add_status(connection, action_id=action_id, state=state, messages=said)
     return action_id
+
+
+def apply_confirmation(connection: Connection, *, action: Any,
+                       feedback: ConfirmationFeedback) -> ActionState:
+    """The device's consent: confirmed → the action is offered (deploymentBase); denied →
+    it keeps waiting (the operator may cancel it)."""
+    if not action.active:
+        raise ActionGone(f"action {action.id} has ended ({action.state})")
+    if action.state != ActionState.WAITING_CONFIRMATION:
+        raise NotWaiting(f"action {action.id} is {action.state}, not waiting for confirmation")
+    state = (ActionState.RUNNING if feedback.consent is Consent.CONFIRMED
+             else ActionState.WAITING_CONFIRMATION)
+    messages = [*feedback.details, f"{feedback.consent.value} by the device"]
+    add_status(connection, action_id=action.id, state=state, messages=messages,
+               code=feedback.code)
+    _move(connection, action=action, state=state, active=True, message=messages[-1])
+    return state
+
+
+def set_auto_confirm(connection: Connection, *, target: Any, active: bool,
+                     initiator: str | None = None, remark: str | None = None) -> int:
+    """The device consents in advance (or stops); turning it on confirms what waits.
+    Returns how many actions that confirmed."""
+    connection.execute(update(targets).where(targets.c.id == target.id).values(
+        auto_confirm=active, auto_confirm_by=initiator if active else None,
+        auto_confirm_remark=remark if active else None, updated_ns=now_ns()))
+    if not active:
+        return 0
+    waiting = connection.execute(select(actions).where(
+        actions.c.target_id == target.id, actions.c.active.is_(True),
+        actions.c.state == ActionState.WAITING_CONFIRMATION)).all()
+    for action in waiting:
+        add_status(connection, action_id=action.id, state=ActionState.RUNNING,
+                   messages=[f"confirmed by auto-confirm ({initiator or 'the device'})"])
+        _move(connection, action=action, state=ActionState.RUNNING, active=True,
+              message="confirmed by auto-confirm")
+    return len(waiting)
 
 
 def request_cancel(connection: Connection, *, action: Any, who: str) -> None:

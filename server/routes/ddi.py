@@ -44,8 +44,10 @@ TENANT_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 CONTROLLER_PATTERN = r"^[A-Za-z0-9._:+@-]{1,128}$"
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN)]
 ControllerId = Annotated[str, Path(pattern=CONTROLLER_PATTERN)]
-ActionId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-ModuleId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+MAX_ID = 2**31 - 1  # the largest id a row of ours has (INTEGER on both databases)
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ActionId = RowId
+ModuleId = RowId
 MD5SUM_SUFFIX = ".MD5SUM"
 MAX_BODY = 256 * 1024
 
@@ -58,7 +60,7 @@ async def unauthorized_handler(_request: Request, _error: Exception) -> Response
     return Response(status_code=401)
 
 
-def _where(request: Request, tenant: str, controller_id: str) -> answers.ControllerBase:
+def where_of(request: Request, tenant: str, controller_id: str) -> answers.ControllerBase:
     return answers.ControllerBase(base=context_of(request).public_url(request), tenant=tenant,
                                   controller_id=controller_id)
 
@@ -67,7 +69,7 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def _authenticated_target(request: Request, *, tenant: str, controller_id: str,
+def authenticated_target(request: Request, *, tenant: str, controller_id: str,
                           register: bool) -> Any:
     """The controller's target after checking its credential; a first poll registers it."""
     context = context_of(request)
@@ -98,12 +100,12 @@ def _authenticated_target(request: Request, *, tenant: str, controller_id: str,
 
 def _fresh_poll(request: Request, *, tenant: str, controller_id: str) -> CachedPoll:
     context = context_of(request)
-    target = _authenticated_target(request, tenant=tenant, controller_id=controller_id,
+    target = authenticated_target(request, tenant=tenant, controller_id=controller_id,
                                    register=True)
     settings = context.ddi.tenants.get(context.engine, tenant)
     with context.engine.connect() as connection:
         action = state.current_action(connection, target.id)
-    where = _where(request, tenant, controller_id)
+    where = where_of(request, tenant, controller_id)
     answer = answers.poll_answer(where, target=target, action=action,
                                  polling_seconds=settings.polling_seconds)
     entry = CachedPoll(target_id=target.id, token_hashes=token_hashes_of(target),
@@ -145,7 +147,7 @@ async def root_poll(request: Request, tenant: Tenant, controller_id: ControllerI
     return Response(entry.body, media_type="application/json", headers=headers)
 
 
-async def _json_body(request: Request) -> Any:
+async def json_body(request: Request) -> Any:
     body = await request.body()
     if len(body) > MAX_BODY:
         raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
@@ -155,12 +157,12 @@ async def _json_body(request: Request) -> Any:
         raise ApiError(400, "the body is not JSON") from None
 
 
-def _changing(request: Request, *, tenant: str, controller_id: str,
+def changing(request: Request, *, tenant: str, controller_id: str,
               change: Callable[[Connection, Any], T]) -> T:
     """Authenticate, run `change(connection, target)` in one transaction, drop the cached
     answer."""
     context = context_of(request)
-    target = _authenticated_target(request, tenant=tenant, controller_id=controller_id,
+    target = authenticated_target(request, tenant=tenant, controller_id=controller_id,
                                    register=False)
     try:
         with context.engine.begin() as connection:
@@ -194,7 +196,7 @@ def _forget(request: Request, tenant: str, controller_ids: list[str]) -> None:
 async def config_data(request: Request, tenant: Tenant,
                       controller_id: ControllerId) -> Response:
     try:
-        change = parse_config_data(await _json_body(request))
+        change = parse_config_data(await json_body(request))
     except DdiError as e:
         raise ApiError(400, str(e)) from None
 
@@ -205,12 +207,12 @@ async def config_data(request: Request, tenant: Tenant,
         latest.follow_latest(connection, target=state.find_target(
             connection, tenant=tenant, controller_id=controller_id))
 
-    await run_in_threadpool(_changing, request, tenant=tenant, controller_id=controller_id,
+    await run_in_threadpool(changing, request, tenant=tenant, controller_id=controller_id,
                             change=store)
     return Response(status_code=200)
 
 
-def _artifact_documents(connection: Connection, store: BlobStore, *,
+def artifact_documents(connection: Connection, store: BlobStore, *,
                         where: answers.ControllerBase, module_id: int) -> list[dict[str, Any]]:
     documents = []
     for row in state.module_artifacts(connection, module_id):
@@ -223,10 +225,10 @@ def _artifact_documents(connection: Connection, store: BlobStore, *,
     return documents
 
 
-def _deployment(request: Request, *, tenant: str, controller_id: str, action_id: int,
+def deployment(request: Request, *, tenant: str, controller_id: str, action_id: int,
                 history: int, installed: bool) -> dict[str, Any]:
     context = context_of(request)
-    target = _authenticated_target(request, tenant=tenant, controller_id=controller_id,
+    target = authenticated_target(request, tenant=tenant, controller_id=controller_id,
                                    register=False)
     with context.engine.connect() as connection:
         if installed:
@@ -235,13 +237,14 @@ def _deployment(request: Request, *, tenant: str, controller_id: str, action_id:
         else:
             action = state.action_of(connection, target_id=target.id, action_id=action_id)
             if action is not None and action.state in (ActionState.CANCELING,
-                                                       ActionState.CANCELED):
+                                                       ActionState.CANCELED,
+                                                       ActionState.WAITING_CONFIRMATION):
                 action = None
         if action is None:
             raise not_found(f"{'installed ' if installed else ''}action {action_id} of "
                             f"controller {controller_id!r}")
-        where = _where(request, tenant, controller_id)
-        files = _artifact_documents(connection, BlobStore(context.config.store_dir),
+        where = where_of(request, tenant, controller_id)
+        files = artifact_documents(connection, BlobStore(context.config.store_dir),
                                     where=where, module_id=action.module_id)
         messages = (state.history(connection, action.id,
                                   limit=history if history > 0 else state.MAX_HISTORY)
@@ -257,7 +260,7 @@ def deployment_base(request: Request, tenant: Tenant, controller_id: ControllerI
                     action_id: ActionId, *, history: History = 0,
                     c: Annotated[str | None, Query(max_length=64)] = None) -> JSONResponse:
     del c  # only makes the URL change when the action does
-    return JSONResponse(_deployment(request, tenant=tenant, controller_id=controller_id,
+    return JSONResponse(deployment(request, tenant=tenant, controller_id=controller_id,
                                     action_id=action_id, history=history, installed=False))
 
 
@@ -265,7 +268,7 @@ def deployment_base(request: Request, tenant: Tenant, controller_id: ControllerI
 async def deployment_feedback(request: Request, tenant: Tenant, controller_id: ControllerId,
                               action_id: ActionId) -> Response:
     try:
-        feedback = parse_feedback(await _json_body(request))
+        feedback = parse_feedback(await json_body(request))
     except DdiError as e:
         raise ApiError(400, str(e)) from None
 
@@ -279,7 +282,7 @@ async def deployment_feedback(request: Request, tenant: Tenant, controller_id: C
         return []
 
     _forget(request, tenant, await run_in_threadpool(
-        _changing, request, tenant=tenant, controller_id=controller_id, change=store))
+        changing, request, tenant=tenant, controller_id=controller_id, change=store))
     return Response(status_code=200)
 
 
@@ -287,7 +290,7 @@ async def deployment_feedback(request: Request, tenant: Tenant, controller_id: C
 def cancel_action(request: Request, tenant: Tenant, controller_id: ControllerId,
                   action_id: ActionId) -> JSONResponse:
     context = context_of(request)
-    target = _authenticated_target(request, tenant=tenant, controller_id=controller_id,
+    target = authenticated_target(request, tenant=tenant, controller_id=controller_id,
                                    register=False)
     with context.engine.connect() as connection:
         action = state.action_of(connection, target_id=target.id, action_id=action_id)
@@ -300,7 +303,7 @@ def cancel_action(request: Request, tenant: Tenant, controller_id: ControllerId,
 async def cancel_feedback(request: Request, tenant: Tenant, controller_id: ControllerId,
                           action_id: ActionId) -> Response:
     try:
-        feedback = parse_feedback(await _json_body(request))
+        feedback = parse_feedback(await json_body(request))
     except DdiError as e:
         raise ApiError(400, str(e)) from None
 
@@ -315,21 +318,21 @@ async def cancel_feedback(request: Request, tenant: Tenant, controller_id: Contr
         return []
 
     _forget(request, tenant, await run_in_threadpool(
-        _changing, request, tenant=tenant, controller_id=controller_id, change=store))
+        changing, request, tenant=tenant, controller_id=controller_id, change=store))
     return Response(status_code=200)
 
 
 @router.get("/installedBase/{action_id}", summary="The last finished action: what is installed")
 def installed_base(request: Request, tenant: Tenant, controller_id: ControllerId,
                    action_id: ActionId, *, history: History = 0) -> JSONResponse:
-    return JSONResponse(_deployment(request, tenant=tenant, controller_id=controller_id,
+    return JSONResponse(deployment(request, tenant=tenant, controller_id=controller_id,
                                     action_id=action_id, history=history, installed=True))
 
 
 @router.put("/installedBase", summary="Declare what the device runs (name and version)")
 async def declare_installed(request: Request, tenant: Tenant,
                             controller_id: ControllerId) -> Response:
-    document = await _json_body(request)
+    document = await json_body(request)
     if not (isinstance(document, dict) and isinstance(document.get("name"), str)
             and isinstance(document.get("version"), str)):
         raise ApiError(400, "installedBase needs 'name' and 'version' strings")
@@ -341,7 +344,7 @@ async def declare_installed(request: Request, tenant: Tenant,
             raise not_found(f"software module {name!r} version {version!r}")
         return state.declare_installed(connection, target=target, module_id=module.id)
 
-    created = await run_in_threadpool(_changing, request, tenant=tenant,
+    created = await run_in_threadpool(changing, request, tenant=tenant,
                                       controller_id=controller_id, change=store)
     return JSONResponse({"name": name, "version": version}, status_code=201 if created else 200)
 
@@ -350,7 +353,7 @@ def _assigned_module(request: Request, *, tenant: str, controller_id: str,
                      module_id: int) -> None:
     """404 unless an action of this controller names the module."""
     context = context_of(request)
-    target = _authenticated_target(request, tenant=tenant, controller_id=controller_id,
+    target = authenticated_target(request, tenant=tenant, controller_id=controller_id,
                                    register=False)
     with context.engine.connect() as connection:
         if not state.module_is_assigned(connection, target_id=target.id, module_id=module_id):
@@ -363,8 +366,8 @@ def list_artifacts(request: Request, tenant: Tenant, controller_id: ControllerId
     context = context_of(request)
     _assigned_module(request, tenant=tenant, controller_id=controller_id, module_id=module_id)
     with context.engine.connect() as connection:
-        documents = _artifact_documents(connection, BlobStore(context.config.store_dir),
-                                        where=_where(request, tenant, controller_id),
+        documents = artifact_documents(connection, BlobStore(context.config.store_dir),
+                                        where=where_of(request, tenant, controller_id),
                                         module_id=module_id)
     return JSONResponse(documents)
 

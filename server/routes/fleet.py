@@ -26,7 +26,7 @@ from server.ddi import catalog, latest, state
 from server.ddi.model import ActionKind, DdiError, MaintenanceWindow, UpdateMode
 from server.ddi.poll import record_changes
 from server.errors import ApiError, not_found
-from server.routes.ddi import CONTROLLER_PATTERN, TENANT_PATTERN
+from server.routes.ddi import CONTROLLER_PATTERN, MAX_ID, TENANT_PATTERN, RowId
 from server.routes.images import remove_if_unreferenced, store_of
 
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN)]
@@ -47,6 +47,7 @@ class Strict(BaseModel):
 class DdiSettingsIn(Strict):
     polling_seconds: int = Field(ge=1, le=7 * 86_400)
     trusted_issuers: list[str] = Field(default_factory=list, max_length=64)
+    confirmation_required: bool = False  # new actions wait for the device's consent
 
 
 class NewTarget(Strict):
@@ -62,14 +63,15 @@ class NewTargets(Strict):
 class TargetChange(Strict):
     name: str | None = Field(default=None, max_length=128)
     update_mode: UpdateMode | None = None
-    pinned_module_id: int | None = None
+    pinned_module_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     tags: list[str] | None = Field(default=None, max_length=64)
 
 
 class NewAction(Strict):
-    module_id: int
+    module_id: int = Field(ge=1, le=MAX_ID)
     kind: ActionKind = ActionKind.FORCED
     maintenance: dict[str, Any] | None = None
+    confirmation_required: bool | None = None  # None: the tenant's setting
 
 
 class CancelIn(Strict):
@@ -104,6 +106,7 @@ def get_settings(request: Request, tenant: Tenant, _who: Reader) -> JSONResponse
         settings = state.tenant_settings(connection, tenant)
     return JSONResponse({"tenant": tenant, "polling_seconds": settings.polling_seconds,
                          "trusted_issuers": sorted(settings.trusted_issuers),
+                         "confirmation_required": settings.confirmation_required,
                          "gateway_token": settings.gateway_token_hash is not None})
 
 
@@ -115,7 +118,8 @@ def put_settings(request: Request, tenant: Tenant, body: DdiSettingsIn,
         state.save_tenant_settings(connection, state.TenantSettings(
             tenant=tenant, gateway_token_hash=current.gateway_token_hash,
             polling_seconds=body.polling_seconds,
-            trusted_issuers=frozenset(body.trusted_issuers)))
+            trusted_issuers=frozenset(body.trusted_issuers),
+            confirmation_required=body.confirmation_required))
         _audit(request, connection, who=who, action="ddi.settings", target=tenant,
                details=body.model_dump())
         record_changes(connection, tenant=tenant, controller_ids=[None])
@@ -131,7 +135,8 @@ def new_gateway_token(request: Request, tenant: Tenant, who: Writer) -> JSONResp
         current = state.tenant_settings(connection, tenant)
         state.save_tenant_settings(connection, state.TenantSettings(
             tenant=tenant, gateway_token_hash=digest(token),
-            polling_seconds=current.polling_seconds, trusted_issuers=current.trusted_issuers))
+            polling_seconds=current.polling_seconds, trusted_issuers=current.trusted_issuers,
+            confirmation_required=current.confirmation_required))
         _audit(request, connection, who=who, action="ddi.gateway-token", target=tenant,
                details={})
         record_changes(connection, tenant=tenant, controller_ids=[None])
@@ -145,6 +150,7 @@ def _target_json(row: Any) -> dict[str, Any]:
             "tags": json.loads(row.tags), "attributes": json.loads(row.attributes),
             "installed_module_id": row.installed_module_id,
             "installed_action_id": row.installed_action_id, "address": row.address,
+            "auto_confirm": row.auto_confirm,
             "last_seen_ns": row.last_seen_ns, "created_ns": row.created_ns,
             "kiln_unit": row.unit_id is not None}
 
@@ -247,7 +253,7 @@ def change_target(request: Request, tenant: Tenant, controller_id: ControllerId,
     return get_target(request, tenant, controller_id, who)
 
 
-def _module(connection: Connection, tenant: str, module_id: int) -> Any:
+def _module(connection: Connection, tenant: str, module_id: RowId) -> Any:
     return connection.execute(select(software_modules).where(
         software_modules.c.id == module_id, software_modules.c.tenant == tenant)).first()
 
@@ -267,7 +273,8 @@ def assign(request: Request, tenant: Tenant, controller_id: ControllerId, body: 
             raise not_found(f"software module {body.module_id}")
         try:
             action_id = state.assign(connection, target=target, module_id=body.module_id,
-                                     kind=body.kind, who=who.actor, maintenance=window)
+                                     kind=body.kind, who=who.actor, maintenance=window,
+                                     confirm=body.confirmation_required)
         except state.NotAssignable as e:
             raise ApiError(409, str(e)) from None
         _audit(request, connection, who=who, action="action.assign",
@@ -280,7 +287,7 @@ def assign(request: Request, tenant: Tenant, controller_id: ControllerId, body: 
     return JSONResponse(_action_json(row), status_code=201)
 
 
-def _action_or_404(connection: Connection, tenant: str, action_id: int) -> Any:
+def _action_or_404(connection: Connection, tenant: str, action_id: RowId) -> Any:
     row = connection.execute(select(actions, targets.c.controller_id)
                              .join(targets, targets.c.id == actions.c.target_id)
                              .where(actions.c.id == action_id,
@@ -291,7 +298,7 @@ def _action_or_404(connection: Connection, tenant: str, action_id: int) -> Any:
 
 
 @router.get("/actions/{action_id}", summary="An action and its whole history")
-def get_action(request: Request, tenant: Tenant, action_id: int, _who: Reader) -> JSONResponse:
+def get_action(request: Request, tenant: Tenant, action_id: RowId, _who: Reader) -> JSONResponse:
     with context_of(request).engine.connect() as connection:
         row = _action_or_404(connection, tenant, action_id)
         steps = connection.execute(select(action_status).where(
@@ -302,7 +309,7 @@ def get_action(request: Request, tenant: Tenant, action_id: int, _who: Reader) -
 
 
 @router.post("/actions/{action_id}/cancel", summary="Ask the device to cancel (force: now)")
-def cancel(request: Request, tenant: Tenant, action_id: int, body: CancelIn,
+def cancel(request: Request, tenant: Tenant, action_id: RowId, body: CancelIn,
            who: Writer) -> JSONResponse:
     with context_of(request).engine.begin() as connection:
         row = _action_or_404(connection, tenant, action_id)
@@ -345,7 +352,7 @@ def add_module(request: Request, tenant: Tenant, body: NewModule, who: Writer) -
     return JSONResponse(catalog.module_json(row, []), status_code=201)
 
 
-def _put_artifact(context: AppContext, writer: Any, *, tenant: str, module_id: int,
+def _put_artifact(context: AppContext, writer: Any, *, tenant: str, module_id: RowId,
                   filename: str, who: Operator, remote: str) -> dict[str, Any]:
     store = store_of(context)
     with store.lock():
@@ -372,7 +379,7 @@ def _put_artifact(context: AppContext, writer: Any, *, tenant: str, module_id: i
                 "application/octet-stream": {"schema": {"type": "string",
                                                         "format": "binary"}}}}},
             summary="Upload an artifact (the raw file as the body)")
-async def put_artifact(request: Request, tenant: Tenant, module_id: int,
+async def put_artifact(request: Request, tenant: Tenant, module_id: RowId,
                        filename: Annotated[str, Path(pattern=r"^[A-Za-z0-9._+-]{1,128}$")],
                        who: Writer) -> JSONResponse:
     context = context_of(request)

@@ -22,7 +22,7 @@ from server.ddi.model import ActionKind, DdiError, MaintenanceWindow
 from server.ddi.poll import record_changes
 from server.ddi.rollouts import OnError, RolloutPlan, TargetFilter, WaveSpec
 from server.errors import ApiError, not_found
-from server.routes.ddi import TENANT_PATTERN
+from server.routes.ddi import MAX_ID, TENANT_PATTERN, RowId
 
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN)]
 Reader = Annotated[Operator, Depends(require(Scope.UNITS_READ))]
@@ -51,7 +51,7 @@ class WaveIn(Strict):
 
 class RolloutIn(Strict):
     name: str = Field(min_length=1, max_length=128)
-    module_id: int
+    module_id: int = Field(ge=1, le=MAX_ID)
     kind: ActionKind = ActionKind.FORCED
     target_filter: FilterIn = Field(default_factory=FilterIn)
     waves: list[WaveIn] = Field(min_length=1, max_length=engine_rollouts.MAX_WAVES)
@@ -76,7 +76,7 @@ def rollout_document(connection: Connection, row: Any) -> dict[str, Any]:
             "waves": [wave.to_json() for wave in waves]}
 
 
-def _row(connection: Connection, tenant: str, rollout_id: int) -> Any:
+def _row(connection: Connection, tenant: str, rollout_id: RowId) -> Any:
     row = connection.execute(select(rollouts).where(rollouts.c.id == rollout_id,
                                                     rollouts.c.tenant == tenant)).first()
     if row is None:
@@ -130,14 +130,14 @@ def list_rollouts(request: Request, tenant: Tenant, _who: Reader, *,
 
 
 @router.get("/{rollout_id}", summary="A rollout with the progress of each wave")
-def get_rollout(request: Request, tenant: Tenant, rollout_id: int,
+def get_rollout(request: Request, tenant: Tenant, rollout_id: RowId,
                 _who: Reader) -> JSONResponse:
     with context_of(request).engine.connect() as connection:
         return JSONResponse(rollout_document(connection, _row(connection, tenant, rollout_id)))
 
 
 @router.get("/{rollout_id}/failures", summary="Each failed device and its messages")
-def rollout_failures(request: Request, tenant: Tenant, rollout_id: int,
+def rollout_failures(request: Request, tenant: Tenant, rollout_id: RowId,
                      _who: Reader) -> JSONResponse:
     with context_of(request).engine.connect() as connection:
         _row(connection, tenant, rollout_id)
@@ -146,7 +146,7 @@ def rollout_failures(request: Request, tenant: Tenant, rollout_id: int,
 
 @router.post("/{rollout_id}/{operation}",
              summary="Step a rollout: approve, start, pause, resume, next-wave, cancel")
-def step_rollout(request: Request, tenant: Tenant, rollout_id: int, operation: Operation,
+def step_rollout(request: Request, tenant: Tenant, rollout_id: RowId, operation: Operation,
                  who: Writer) -> JSONResponse:
     context = context_of(request)
     with context.engine.begin() as connection:

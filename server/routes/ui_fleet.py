@@ -22,6 +22,7 @@ from server.ddi import rollouts as engine
 from server.ddi import state
 from server.ddi.model import DdiError
 from server.ddi.poll import record_changes
+from server.routes.ddi import RowId
 from server.routes.rollouts import rollout_document
 from server.routes.ui import gate, message_page, page
 
@@ -72,7 +73,7 @@ def rollout_list(request: Request) -> Response:
 
 
 @router.get("/rollouts/{rollout_id}")
-def rollout_page(request: Request, rollout_id: int) -> Response:
+def rollout_page(request: Request, rollout_id: RowId) -> Response:
     who = gate(request)
     if isinstance(who, Response):
         return who
@@ -93,7 +94,7 @@ def rollout_page(request: Request, rollout_id: int) -> Response:
 
 
 @router.post("/rollouts/{rollout_id}/{operation}")
-def rollout_step(request: Request, rollout_id: int, operation: Operation,
+def rollout_step(request: Request, rollout_id: RowId, operation: Operation,
                  csrf: Annotated[str, Form(max_length=128)] = "") -> Response:
     who = gate(request, Scope.ROLLOUTS_WRITE)
     if isinstance(who, Response):

@@ -255,3 +255,11 @@ def test_events_the_ramdisk_spooled_on_recovery_are_sent_once(unit: Unit) -> Non
     assert [event.name for event in received] == ["restore", "restore"]
     unit.updater(send).cycle()
     assert len(received) == 2  # acknowledged: never again
+
+
+def test_the_agent_consents_when_the_server_asks(unit: Unit) -> None:
+    action_id = unit.assign("2.0.0", confirmation_required=True)
+    result = unit.updater().cycle()
+    assert result.outcome is Outcome.CONFIRMED
+    assert unit.action(action_id)["state"] == "running"
+    assert unit.updater().cycle().outcome is Outcome.RESTORING
