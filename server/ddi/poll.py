@@ -23,12 +23,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select
 
-from server.db.schema import ddi_changes, targets
+from server.db.schema import ddi_changes
 
 log = logging.getLogger("kiln.server.ddi")
 MAX_ENTRIES = 500_000
+FLUSH_CHUNK = 2_000
+SEEN_UPDATE = {  # by the driver's parameter style (SQLite's, psycopg's)
+    "qmark": "UPDATE targets SET last_seen_ns = ?, address = ? WHERE id = ?",
+    "format": "UPDATE targets SET last_seen_ns = %s, address = %s WHERE id = %s",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,17 +97,20 @@ class SeenRecorder:
         self._pending[target_id] = (at_ns, address)
 
     def flush(self, engine: Engine) -> int:
+        """Write what was recorded since the last flush, in chunks (the driver's own
+        executemany: a large fleet's batch must not hold up the polls being answered)."""
         with self._lock:
             pending, self._pending = self._pending, {}
         if not pending:
             return 0
-        rows = [{"target": target_id, "seen": seen, "seen_from": address[:64]}
+        statement = SEEN_UPDATE["qmark" if engine.dialect.paramstyle == "qmark" else "format"]
+        rows = [(seen, address[:64], target_id)
                 for target_id, (seen, address) in pending.items()]
-        statement = (update(targets).where(targets.c.id == bindparam("target"))
-                     .values(last_seen_ns=bindparam("seen"), address=bindparam("seen_from")))
         try:
             with engine.begin() as connection:
-                connection.execute(statement, rows)
+                for start in range(0, len(rows), FLUSH_CHUNK):
+                    connection.exec_driver_sql(statement, rows[start:start + FLUSH_CHUNK])
+                    time.sleep(0)  # let the event loop's thread run between chunks
         except Exception:
             log.exception("could not write %d last-seen times; keeping them for the next "
                           "flush", len(rows))

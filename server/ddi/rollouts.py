@@ -197,6 +197,7 @@ def _start_wave(connection: Connection, rollout: Any, number: int, *, who: str) 
         .where(rollout_targets.c.rollout_id == rollout.id, rollout_targets.c.wave == number)
         .order_by(targets.c.controller_id)).all()
     assigned = []
+    confirm = state.tenant_settings(connection, rollout.tenant).confirmation_required
     for target in members:
         if target.rollout_action is not None:
             continue
@@ -204,7 +205,7 @@ def _start_wave(connection: Connection, rollout: Any, number: int, *, who: str) 
             action_id = state.assign(connection, target=target, module_id=rollout.module_id,
                                      kind=ActionKind(rollout.kind),
                                      who=f"rollout {rollout.id} ({who})", maintenance=window,
-                                     rollout_id=rollout.id, wave=number)
+                                     rollout_id=rollout.id, wave=number, confirm=confirm)
         except state.NotAssignable as e:
             connection.execute(update(rollout_targets).where(
                 rollout_targets.c.rollout_id == rollout.id,

@@ -32,6 +32,7 @@ from server.ddi.identity import (
 from server.ddi.model import (
     ActionState,
     DdiError,
+    Feedback,
     merged_attributes,
     parse_config_data,
     parse_feedback,
@@ -264,9 +265,13 @@ def deployment_base(request: Request, tenant: Tenant, controller_id: ControllerI
                                     action_id=action_id, history=history, installed=False))
 
 
-@router.post("/deploymentBase/{action_id}/feedback", summary="Progress and result of an action")
-async def deployment_feedback(request: Request, tenant: Tenant, controller_id: ControllerId,
-                              action_id: ActionId) -> Response:
+Apply = Callable[[Connection, Any, Any, Feedback], ActionState]
+
+
+async def _take_feedback(request: Request, *, tenant: str, controller_id: str, action_id: int,
+                         apply: Apply) -> Response:
+    """Parse a feedback, `apply(connection, target, action, feedback)` in one transaction;
+    an action that ends lets its rollout move on."""
     try:
         feedback = parse_feedback(await json_body(request))
     except DdiError as e:
@@ -276,14 +281,25 @@ async def deployment_feedback(request: Request, tenant: Tenant, controller_id: C
         action = state.action_of(connection, target_id=target.id, action_id=action_id)
         if action is None:
             raise not_found(f"action {action_id} of controller {controller_id!r}")
-        if state.apply_feedback(connection, target=target, action=action,
-                                feedback=feedback).closed:
+        if apply(connection, target, action, feedback).closed:
             return _rollout_moves(connection, tenant=tenant, action=action)
         return []
 
     _forget(request, tenant, await run_in_threadpool(
         changing, request, tenant=tenant, controller_id=controller_id, change=store))
     return Response(status_code=200)
+
+
+@router.post("/deploymentBase/{action_id}/feedback", summary="Progress and result of an action")
+async def deployment_feedback(request: Request, tenant: Tenant, controller_id: ControllerId,
+                              action_id: ActionId) -> Response:
+    def apply(connection: Connection, target: Any, action: Any,
+              feedback: Feedback) -> ActionState:
+        return state.apply_feedback(connection, target=target, action=action,
+                                    feedback=feedback)
+
+    return await _take_feedback(request, tenant=tenant, controller_id=controller_id,
+                                action_id=action_id, apply=apply)
 
 
 @router.get("/cancelAction/{action_id}", summary="An action the device is asked to stop")
@@ -302,24 +318,14 @@ def cancel_action(request: Request, tenant: Tenant, controller_id: ControllerId,
 @router.post("/cancelAction/{action_id}/feedback", summary="The device's answer to a cancel")
 async def cancel_feedback(request: Request, tenant: Tenant, controller_id: ControllerId,
                           action_id: ActionId) -> Response:
-    try:
-        feedback = parse_feedback(await json_body(request))
-    except DdiError as e:
-        raise ApiError(400, str(e)) from None
-
-    def store(connection: Connection, target: Any) -> list[str]:
-        action = state.action_of(connection, target_id=target.id, action_id=action_id)
-        if action is None:
-            raise not_found(f"action {action_id} of controller {controller_id!r}")
+    def apply(connection: Connection, _target: Any, action: Any,
+              feedback: Feedback) -> ActionState:
         if action.active and action.state != ActionState.CANCELING:
             raise not_found(f"cancellation of action {action_id}")
-        if state.apply_cancel_feedback(connection, action=action, feedback=feedback).closed:
-            return _rollout_moves(connection, tenant=tenant, action=action)
-        return []
+        return state.apply_cancel_feedback(connection, action=action, feedback=feedback)
 
-    _forget(request, tenant, await run_in_threadpool(
-        changing, request, tenant=tenant, controller_id=controller_id, change=store))
-    return Response(status_code=200)
+    return await _take_feedback(request, tenant=tenant, controller_id=controller_id,
+                                action_id=action_id, apply=apply)
 
 
 @router.get("/installedBase/{action_id}", summary="The last finished action: what is installed")
