@@ -149,13 +149,13 @@ def safe_next(target: str | None) -> str:
 
 
 def page(request: Request, name: str, *, who: Operator | None, status: int = 200,
-          **values: Any) -> Response:
+         **values: Any) -> Response:
     return templates.TemplateResponse(request, name, {"who": who, "now_ns": now_ns(), **values},
                                       status_code=status, headers=SECURITY_HEADERS)
 
 
 def message_page(request: Request, who: Operator | None, *, status: int, title: str,
-             message: str) -> Response:
+                 message: str) -> Response:
     return page(request, "message.html", who=who, status=status, title=title,
                  message=message)
 
@@ -168,8 +168,8 @@ def gate(request: Request, scope: Scope = Scope.UNITS_READ) -> Operator | Respon
         return RedirectResponse("/ui/login?" + urlencode({"next": target}), status_code=303)
     if not who.has(scope):
         return message_page(request, who, status=403, title="Not allowed",
-                        message=f"Your account lacks the '{scope.value}' scope this page "
-                                "needs; an administrator can grant it.")
+                            message=f"Your account lacks the '{scope.value}' scope this "
+                                    "page needs; an administrator can grant it.")
     return who
 
 
@@ -246,8 +246,8 @@ def logout(request: Request, csrf: Annotated[str, Form(max_length=128)] = "") ->
         return RedirectResponse("/ui/login", status_code=303)
     if who.csrf is None or not secrets.compare_digest(csrf, who.csrf):
         return message_page(request, who, status=403, title="Not logged out",
-                        message="The logout request lacked this session's CSRF token; use "
-                                "the Log out button.")
+                            message="The logout request lacked this session's CSRF token; "
+                                    "use the Log out button.")
     end_session(request)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
