@@ -396,11 +396,6 @@ def finished_action(connection: Connection, *, target_id: int, action_id: int) -
                actions.c.state == ActionState.FINISHED)).first()
 
 
-def open_actions_of_module(connection: Connection, module_id: int) -> int:
-    return len(connection.execute(select(actions.c.id).where(
-        actions.c.module_id == module_id, actions.c.active.is_(True))).all())
-
-
 def targets_matching(connection: Connection, *, tenant: str, controller_ids: list[str]) -> Any:
     return connection.execute(target_query().where(
         targets.c.tenant == tenant, targets.c.controller_id.in_(controller_ids))).all()

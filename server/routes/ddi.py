@@ -302,16 +302,24 @@ async def deployment_feedback(request: Request, tenant: Tenant, controller_id: C
                                 action_id=action_id, apply=apply)
 
 
+def action_in(connection: Connection, *, target_id: int, action_id: int,
+              expected: ActionState, what: str) -> Any:
+    """The target's action, which must be in the `expected` state (else 404 naming `what`)."""
+    action = state.action_of(connection, target_id=target_id, action_id=action_id)
+    if action is None or action.state != expected:
+        raise not_found(what)
+    return action
+
+
 @router.get("/cancelAction/{action_id}", summary="An action the device is asked to stop")
 def cancel_action(request: Request, tenant: Tenant, controller_id: ControllerId,
                   action_id: ActionId) -> JSONResponse:
-    context = context_of(request)
     target = authenticated_target(request, tenant=tenant, controller_id=controller_id,
                                    register=False)
-    with context.engine.connect() as connection:
-        action = state.action_of(connection, target_id=target.id, action_id=action_id)
-    if action is None or action.state != ActionState.CANCELING:
-        raise not_found(f"cancellation of action {action_id}")
+    with context_of(request).engine.connect() as connection:
+        action = action_in(connection, target_id=target.id, action_id=action_id,
+                           expected=ActionState.CANCELING,
+                           what=f"cancellation of action {action_id}")
     return JSONResponse(answers.cancel_document(action.id))
 
 

@@ -20,6 +20,7 @@ from server.routes.ddi import (
     ActionId,
     ControllerId,
     Tenant,
+    action_in,
     artifact_documents,
     authenticated_target,
     changing,
@@ -63,9 +64,9 @@ def confirmation_action(request: Request, tenant: Tenant, controller_id: Control
     target = authenticated_target(request, tenant=tenant, controller_id=controller_id,
                                   register=False)
     with context.engine.connect() as connection:
-        action = state.action_of(connection, target_id=target.id, action_id=action_id)
-        if action is None or action.state != ActionState.WAITING_CONFIRMATION:
-            raise not_found(f"action {action_id} waiting for confirmation")
+        action = action_in(connection, target_id=target.id, action_id=action_id,
+                           expected=ActionState.WAITING_CONFIRMATION,
+                           what=f"action {action_id} waiting for confirmation")
         where = where_of(request, tenant, controller_id)
         files = artifact_documents(connection, BlobStore(context.config.store_dir),
                                    where=where, module_id=action.module_id)
